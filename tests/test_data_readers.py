@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -246,3 +247,73 @@ def test_parse_idx_hand_built():
         parse_idx(b"\x01" + raw[1:])
     with pytest.raises(ValueError, match="shape"):
         parse_idx(raw[:-1])
+
+
+def _fake_cifar10_archive(tmp_path: Path, members: dict[str, bytes] | None = None) -> Path:
+    """A tar.gz laid out like cifar-10-python.tar.gz, with one 2-image batch per file."""
+    import tarfile
+
+    source = tmp_path / "source" / "cifar-10-batches-py"
+    source.mkdir(parents=True)
+    for i, f in enumerate(DATASETS["cifar10"].files):
+        _write_batch(source / f.name, np.full((2, 3072), i, dtype=np.uint8), [i, 9 - i], "labels", True)
+    archive = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="cifar-10-batches-py")
+        for name, content in (members or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return archive
+
+
+def _serve(monkeypatch, archive: Path, md5: str) -> list[str]:
+    """Make the cifar10 spec point at ``archive`` (with MD5 ``md5``, batch MD5s unchecked) and serve it."""
+    spec = DATASETS["cifar10"]
+    monkeypatch.setitem(DATASETS, "cifar10", replace(
+        spec, files=tuple(replace(f, md5=None) for f in spec.files), archive=replace(spec.archive, md5=md5)))
+    calls = []
+
+    def mirror(url, dest, timeout=0):
+        calls.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(archive, dest)
+
+    monkeypatch.setattr(download_module, "download_url", mirror)
+    return calls
+
+
+def test_cifar10_archive_is_downloaded_checked_and_extracted(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path)
+    calls = _serve(monkeypatch, archive, download_module.md5sum(archive))
+    data_dir = tmp_path / "data"
+    split = load_dataset("cifar10", data_dir=data_dir, val_size=0)
+    assert calls == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    assert split.train_y.tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5] and split.test_y.tolist() == [5, 4]
+    assert float(split.test_x.max()) * 255 == pytest.approx(5)
+    load_dataset("cifar10", data_dir=data_dir, val_size=0)  # present now: no second download
+    assert len(calls) == 1
+
+
+def test_cifar10_archive_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path)
+    _serve(monkeypatch, archive, "0" * 32)
+    with pytest.raises(DatasetNotFoundError, match="wrong MD5"):
+        load_dataset("cifar10", data_dir=tmp_path / "data")
+    assert not (tmp_path / "data" / "cifar-10-python.tar.gz").exists()
+
+
+def test_archive_members_outside_the_data_dir_are_refused(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path, members={"../escape.txt": b"x"})
+    _serve(monkeypatch, archive, download_module.md5sum(archive))
+    with pytest.raises(ValueError, match="escape.txt"):
+        load_dataset("cifar10", data_dir=tmp_path / "data")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_subset_missing_message_says_where_it_comes_from(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="no public mirror") as info:
+        load_dataset("cifar10-subset", data_dir=tmp_path)
+    assert str(tmp_path / "cifar-10-subset" / "cifar-10-batches-py") in str(info.value)
+    assert "local subset" in str(info.value)

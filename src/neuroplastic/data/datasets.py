@@ -53,7 +53,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     urls: tuple[str, ...] = ()
     archive: Archive | None = None
-    downloadable: bool = True
+    hint: str = ""  # added to the missing-file message
     # the usual training augmentation of the data set (TensorLoader keyword arguments)
     augmentation: tuple[tuple[str, object], ...] = ()
 
@@ -124,7 +124,9 @@ DATASETS: dict[str, DatasetSpec] = {
         folder="cifar-10-subset/cifar-10-batches-py",
         files=tuple(RemoteFile(n, None) for n in (*_CIFAR10_BATCHES, "batches.meta")),
         read=_read_cifar10, num_classes=10, input_shape=(3, 32, 32),
-        mean=_CIFAR10_MEAN, std=_CIFAR10_STD, downloadable=False, augmentation=_CIFAR_AUGMENT,
+        mean=_CIFAR10_MEAN, std=_CIFAR10_STD, augmentation=_CIFAR_AUGMENT,
+        hint="cifar10-subset is a local subset with no download: copy the project's shared "
+             "data/cifar-10-subset folder into the data directory, or use that data folder as data_dir.",
     ),
 }
 
@@ -256,7 +258,7 @@ def load_dataset(
     root = resolve_data_dir(data_dir)
     paths = ensure_files(
         name, root / spec.folder, spec.files, urls=spec.urls, archive=spec.archive, data_dir=root,
-        download=download and spec.downloadable,
+        download=download, hint=spec.hint,
     )
     train_x, train_y, test_x, test_y = spec.read([str(p) for p in paths])
     train_y, test_y = train_y.astype(np.int64), test_y.astype(np.int64)  # IDX labels are uint8
