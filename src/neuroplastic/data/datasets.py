@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -152,10 +152,10 @@ class DataSplits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augmentation: dict[str, object]
+    augmentation: dict[str, object] = field(default_factory=dict)
 
     def train_loader(self, batch_size: int, seed: int = 0, normalize: bool = True, augment: bool = True,
                      **options) -> TensorLoader:
