@@ -349,3 +349,13 @@ def test_eval_loader_is_ordered_normalised_and_unaugmented():
         splits.eval_loader("validation")
     with pytest.raises(ValueError, match="val_size=0"):
         _tiny_splits(with_val=False).eval_loader("val")
+
+
+def test_an_archive_put_by_hand_is_extracted_without_network(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path)
+    calls = _serve(monkeypatch, archive, download_module.md5sum(archive))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(archive, data_dir / archive.name)
+    split = load_dataset("cifar10", data_dir=data_dir, val_size=0, download=False)
+    assert len(split.train_y) == 10 and calls == []
