@@ -141,8 +141,17 @@ def test_conv_is_followed_by_its_batchnorm_in_module_order(models):
 
 
 def test_shortcut_option_a_has_no_parameters_and_keeps_shapes():
-    model = get_model("resnet20", shortcut="A")
+    model = get_model("resnet20", shortcut="A", in_channels=1).eval()
     assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in model.modules())
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(torch.fx.symbolic_trace(model)(x), model(x), atol=1e-6)
+    # the padded shortcut keeps the input in the middle channels and zeros elsewhere, subsampled by 2
+    block = model.layer2[0]
+    inp = torch.rand(1, 16, 8, 8)
+    out = block.shortcut(inp)
+    assert out.shape == (1, 32, 4, 4)
+    assert torch.equal(out[:, 8:24], inp[:, :, ::2, ::2]) and out[:, :8].abs().sum() == 0
     with pytest.raises(ValueError, match="shortcut"):
         get_model("resnet20", shortcut="B")
 
