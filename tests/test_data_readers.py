@@ -18,6 +18,7 @@ from neuroplastic.data import (
     DATASETS,
     ChecksumError,
     DatasetNotFoundError,
+    DataSplits,
     list_datasets,
     load_dataset,
     resolve_data_dir,
@@ -94,7 +95,7 @@ def test_split_indices_partition_and_seed():
     assert len(split_indices(100, 0, seed=0)[1]) == 0
 
 
-@pytest.mark.parametrize("bad", [-1, 100, 1.0, -0.1, "10", True])
+@pytest.mark.parametrize("bad", [-1, 100, 1.0, -0.1, "10", True, 0.999])
 def test_split_indices_rejects_bad_sizes(bad):
     with pytest.raises((ValueError, TypeError), match="val_size"):
         split_indices(100, bad, seed=0)
@@ -317,3 +318,44 @@ def test_subset_missing_message_says_where_it_comes_from(tmp_path):
         load_dataset("cifar10-subset", data_dir=tmp_path)
     assert str(tmp_path / "cifar-10-subset" / "cifar-10-batches-py") in str(info.value)
     assert "local subset" in str(info.value)
+
+
+def _tiny_splits(with_val: bool = True) -> DataSplits:
+    x = torch.rand(10, 3, 8, 8)
+    y = torch.arange(10) % 3
+    return DataSplits(
+        name="tiny", train_x=x[:6], train_y=y[:6], val_x=x[6:8] if with_val else None,
+        val_y=y[6:8] if with_val else None, test_x=x[8:], test_y=y[8:], num_classes=3, input_shape=(3, 8, 8),
+        mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), augmentation={"crop_padding": 2, "hflip": True},
+    )
+
+
+def test_train_loader_uses_the_usual_augmentation_and_options_override_it():
+    splits = _tiny_splits()
+    loader = splits.train_loader(4, seed=1)
+    assert (loader.shuffle, loader.crop_padding, loader.hflip, loader.cutout) == (True, 2, True, 0)
+    assert loader.mean.tolist() == pytest.approx([0.5, 0.4, 0.3])
+    plain = splits.train_loader(4, augment=False, normalize=False, cutout=3, drop_last=True)
+    assert (plain.crop_padding, plain.hflip, plain.cutout, plain.mean, len(plain)) == (0, False, 3, None, 1)
+
+
+def test_eval_loader_is_ordered_normalised_and_unaugmented():
+    splits = _tiny_splits()
+    (xb, yb), = list(splits.eval_loader("test", batch_size=100))
+    expected = (splits.test_x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2
+    assert torch.allclose(xb, expected) and torch.equal(yb, splits.test_y)
+    assert torch.equal(next(iter(splits.eval_loader("val", normalize=False)))[0], splits.val_x)
+    with pytest.raises(ValueError, match="split must be one of"):
+        splits.eval_loader("validation")
+    with pytest.raises(ValueError, match="val_size=0"):
+        _tiny_splits(with_val=False).eval_loader("val")
+
+
+def test_an_archive_put_by_hand_is_extracted_without_network(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path)
+    calls = _serve(monkeypatch, archive, download_module.md5sum(archive))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(archive, data_dir / archive.name)
+    split = load_dataset("cifar10", data_dir=data_dir, val_size=0, download=False)
+    assert len(split.train_y) == 10 and calls == []

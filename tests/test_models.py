@@ -82,6 +82,13 @@ def test_lenet300_100_and_mlp_weights(models):
     moons = get_model("mlp", in_features=100, hidden=(80,), num_classes=2)
     assert [m.out_features for m in moons.modules() if isinstance(m, nn.Linear)] == [80, 2]
     assert count_weights(moons) == 100 * 80 + 80 * 2
+    deep = get_model("mlp", in_features=784, hidden=(300, 100), num_classes=10)
+    assert [n for n, m in deep.named_modules() if isinstance(m, nn.Linear)] == ["fc1", "fc2", "fc3"]
+    assert deep(torch.rand(2, 1, 28, 28)).shape == (2, 10)  # images are flattened
+    with pytest.raises(TypeError, match="in_channels"):
+        get_model("mlp", in_channels=1)  # an MLP has no channels: refused, not ignored
+    with pytest.raises(ValueError, match="widths"):
+        get_model("mlp", hidden=(0,))
 
 
 @pytest.mark.parametrize(("name", "shortcut", "params"), [
@@ -115,10 +122,12 @@ def test_wrn_depth_and_width(depth, widen_factor, params):
     model = get_model("wrn", depth=depth, widen_factor=widen_factor)
     assert count_parameters(model) == params  # 11.0M and 8.9M in the WRN paper
     assert len(model.layer1) == (depth - 4) // 6 and model.fc.in_features == 64 * widen_factor
-    uneven = get_model("wrn", depth=None, blocks=(1, 2, 3), widen_factor=1)
+    uneven = get_model("wrn", blocks=(1, 2, 3), widen_factor=1)
     assert [len(uneven.layer1), len(uneven.layer2), len(uneven.layer3)] == [1, 2, 3]
     with pytest.raises(ValueError, match="depth"):
         get_model("wrn", depth=27)
+    with pytest.raises(ValueError, match="not both"):
+        get_model("wrn", depth=28, blocks=(4, 4, 4))
 
 
 def test_conv_is_followed_by_its_batchnorm_in_module_order(models):
@@ -132,8 +141,17 @@ def test_conv_is_followed_by_its_batchnorm_in_module_order(models):
 
 
 def test_shortcut_option_a_has_no_parameters_and_keeps_shapes():
-    model = get_model("resnet20", shortcut="A")
+    model = get_model("resnet20", shortcut="A", in_channels=1).eval()
     assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in model.modules())
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(torch.fx.symbolic_trace(model)(x), model(x), atol=1e-6)
+    # the padded shortcut keeps the input in the middle channels and zeros elsewhere, subsampled by 2
+    block = model.layer2[0]
+    inp = torch.rand(1, 16, 8, 8)
+    out = block.shortcut(inp)
+    assert out.shape == (1, 32, 4, 4)
+    assert torch.equal(out[:, 8:24], inp[:, :, ::2, ::2]) and out[:, :8].abs().sum() == 0
     with pytest.raises(ValueError, match="shortcut"):
         get_model("resnet20", shortcut="B")
 

@@ -202,6 +202,8 @@ def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tenso
         if not 0.0 <= val_size < 1.0:
             raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
         count = round(val_size * n)
+        if count >= n:
+            raise ValueError(f"val_size={val_size} of {n} examples leaves no training example")
     else:
         if not 0 <= val_size < n:
             raise ValueError(f"val_size as a count must be in [0, {n}) for this training set, got {val_size}")

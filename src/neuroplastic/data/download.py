@@ -183,19 +183,19 @@ def ensure_files(
     paths = [folder / f.name for f in files]
     missing = [f for f, p in zip(files, paths, strict=True) if not p.exists()]
     failures: list[str] = []
-    if missing and download:
-        if archive is not None:
-            if data_dir is None:
-                raise ValueError("ensure_files: data_dir is required when archive is given")
-            tar_path = data_dir / archive.filename
-            failures = [] if tar_path.exists() else _fetch(archive.urls, tar_path, archive.md5)
-            if tar_path.exists():
-                verify_md5(tar_path, archive.md5)
-                _safe_extract(tar_path, data_dir)
-        else:
-            for f in missing:
-                failures += _fetch([base + f.name for base in urls], folder / f.name, f.md5)
-        missing = [f for f, p in zip(files, paths, strict=True) if not p.exists()]
+    if missing and archive is not None:
+        if data_dir is None:
+            raise ValueError("ensure_files: data_dir is required when archive is given")
+        tar_path = data_dir / archive.filename
+        if not tar_path.exists() and download:
+            failures = _fetch(archive.urls, tar_path, archive.md5)
+        if tar_path.exists():  # downloaded now, or put there by hand: check it, then extract it
+            verify_md5(tar_path, archive.md5)
+            _safe_extract(tar_path, data_dir)
+    elif missing and download:
+        for f in missing:
+            failures += _fetch([base + f.name for base in urls], folder / f.name, f.md5)
+    missing = [f for f, p in zip(files, paths, strict=True) if not p.exists()]
     if missing:
         names = "\n".join(f"  {f.name}" for f in missing)
         if not (urls or archive):
@@ -203,9 +203,9 @@ def ensure_files(
         else:
             how = "no mirror could be reached" if download else "downloading was disabled"
         tried = ("\nDownload attempts:\n  " + "\n  ".join(failures)) if failures else ""
-        where = f"\n(or get {archive.filename} from {archive.urls[0]} and extract it in {data_dir})" if (
-            archive is not None
-        ) else ""
+        where = ""
+        if archive is not None:
+            where = f"\n(or put {archive.filename} from {archive.urls[0]} in {data_dir}; it is extracted)"
         raise DatasetNotFoundError(
             f"data set {dataset!r}: {len(missing)} file(s) missing and {how}.\n"
             f"Put these files in the folder {folder}:\n{names}{where}\n"

@@ -79,15 +79,17 @@ class WideResNet(nn.Module):
 
 
 @register_model("wrn")
-def wrn(num_classes: int = 10, in_channels: int = 3, depth: int | None = 28, widen_factor: int = 10,
+def wrn(num_classes: int = 10, in_channels: int = 3, depth: int | None = None, widen_factor: int = 10,
         blocks: Sequence[int] | None = None, dropout: float = 0.0) -> WideResNet:
     """WRN-``depth``-``widen_factor`` (default WRN-28-10); give ``blocks`` (three counts) instead of
     ``depth`` for uneven stages. ``depth`` must be 6n + 4 (e.g. 16, 22, 28, 40)."""
-    if blocks is None:
-        if depth is None or depth < 10 or (depth - 4) % 6 != 0:
+    if blocks is not None:
+        if depth is not None:
+            raise ValueError(f"give depth or blocks, not both (got depth={depth}, blocks={tuple(blocks)})")
+    else:
+        depth = 28 if depth is None else depth
+        if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (e.g. 16, 22, 28), got {depth}")
         n = (depth - 4) // 6
         blocks = (n, n, n)
-    elif depth is not None and depth != 28:
-        raise ValueError(f"give depth or blocks, not both (got depth={depth}, blocks={tuple(blocks)})")
     return WideResNet(blocks, widen_factor, num_classes, in_channels, dropout)
