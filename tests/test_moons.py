@@ -43,3 +43,18 @@ def test_bad_arguments():
         make_moons_2d(3)
     with pytest.raises(FileNotFoundError, match="syndata_1.pkl"):
         load_vat_moons("/nonexistent/file.pkl")
+
+
+def test_load_dataset_serves_moons():
+    from neuroplastic.data import load_dataset
+
+    s = load_dataset("moons", val_size=200, seed=1)
+    direct = moons_splits(seed=1, n_val=200)
+    assert torch.equal(s.train_x, direct.x_train) and torch.equal(s.test_y, direct.y_test)
+    assert s.input_shape == (100,) and s.num_classes == 2 and len(s.val_y) == 200
+    assert load_dataset("moons", val_size=0, seed=1).val_x is None
+    with pytest.raises(ValueError, match="even"):
+        load_dataset("moons", val_size=3)
+    if VAT.is_file():
+        vat = load_dataset("moons-vat", data_dir=VAT.parents[1], val_size=100, seed=0)
+        assert len(vat.train_y) == 400 and len(vat.test_y) == 500

@@ -104,3 +104,47 @@ def _splits(parts: list[tuple[np.ndarray, np.ndarray]], basis: np.ndarray) -> Mo
     for points, labels in parts:
         tensors += [torch.tensor(points, dtype=torch.float32) @ b, torch.tensor(labels, dtype=torch.int64)]
     return MoonsSplits(*tensors, basis=b)
+
+
+MOONS_DATASETS = ("moons", "moons-vat")
+VAT_FILE = "moons-vat/syndata_1.pkl"
+
+
+def load_moons_dataset(name: str, data_dir: str | Path | None, val_size: int | float, seed: int, device):
+    """The moons problem as :class:`~neuroplastic.data.DataSplits` (for ``load_dataset``).
+
+    ``moons`` is generated with ``seed`` (500 train / 500 test, and ``val_size`` extra validation points
+    drawn from the same distribution; a float is a fraction of the 500 training points). ``moons-vat``
+    reads the paper's file ``<data_dir>/moons-vat/syndata_1.pkl`` and carves the validation points out of
+    its 500 training points.
+    """
+    from neuroplastic.data.datasets import DataSplits
+    from neuroplastic.data.download import resolve_data_dir
+
+    if name not in MOONS_DATASETS:
+        raise ValueError(f"moons data set must be one of {MOONS_DATASETS}, got {name!r}")
+    n_val = round(val_size * 500) if isinstance(val_size, float) else int(val_size)
+    if not 0 <= n_val < 500:
+        raise ValueError(f"val_size for {name} must give between 0 and 499 points, got {val_size}")
+    if name == "moons":
+        if n_val % 2:
+            raise ValueError(f"val_size for the generated moons must be even (half per class), got {n_val}")
+        s = moons_splits(seed=seed, n_val=n_val or 2)  # 2 points drawn and dropped when no validation
+    else:
+        path = resolve_data_dir(data_dir) / VAT_FILE
+        if not path.is_file():
+            from neuroplastic.data.download import DatasetNotFoundError
+
+            raise DatasetNotFoundError(
+                f"moons-vat: missing file {path.name}; put VAT's dataset/syndata_1.pkl at {path} "
+                "(or use the generated data set 'moons')"
+            )
+        s = load_vat_moons(path, n_val=n_val, seed=seed)
+    has_val = n_val > 0
+    return DataSplits(
+        name=name,
+        train_x=s.x_train.to(device), train_y=s.y_train.to(device),
+        val_x=s.x_val.to(device) if has_val else None, val_y=s.y_val.to(device) if has_val else None,
+        test_x=s.x_test.to(device), test_y=s.y_test.to(device),
+        num_classes=2, input_shape=(s.x_train.shape[1],), mean=(0.0,), std=(1.0,),
+    )
