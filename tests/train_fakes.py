@@ -86,3 +86,27 @@ class NoisyMethod(CapacityMethod):
         super().load_state_dict(state)
         self.generator.set_state(state["generator"])
         self.steps = state["steps"]
+
+
+def tiny_net(num_classes: int = 3, in_channels: int = 1) -> nn.Module:
+    """A model factory with the zoo's signature, for images of shape (in_channels, 4, 4)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 16, 8), nn.ReLU(), nn.Linear(8, num_classes))
+
+
+class FakeSplits:
+    """Stand-in for :class:`neuroplastic.data.DataSplits`: blobs shaped as 1x4x4 images, 3 classes."""
+
+    num_classes = 3
+    input_shape = (1, 4, 4)
+
+    def __init__(self, n: int = 120, seed: int = 0):
+        x, y = blobs(n, dim=16, seed=seed)
+        self.x, self.y = x.view(n, 1, 4, 4), y
+
+    def loaders(self, batch_size: int, seed: int) -> dict[str, Any]:
+        from neuroplastic.data import TensorLoader
+
+        x, y = self.x, self.y
+        return {"train": TensorLoader(x[:80], y[:80], batch_size, shuffle=True, seed=seed),
+                "val": TensorLoader(x[80:100], y[80:100], 100),
+                "test": TensorLoader(x[100:], y[100:], 100)}

@@ -217,7 +217,7 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
     flops = live_flops(prep.method, prep.model, prep.input_shape)
     result = {
         "recipe": recipe["name"],
-        "mode": getattr(prep.method, "mode", prep.method.name),
+        "mode": getattr(prep.method, "mode", recipe["method"]["name"]),
         "seed": recipe["seed"],
         "epochs": recipe["epochs"],
         "test_accuracy": res.test_accuracy,

@@ -138,7 +138,7 @@ def fit(
         if resume:
             log.info("no checkpoint in %s yet: starting from the first epoch", run_dir)
         for f in (history_log.path, events_log.path):
-            f.unlink(missing_ok=True)
+            f.write_text("")  # the contract's files exist from the start, empty
 
     writer = ScalarWriter(run_dir / "tensorboard", enabled=tensorboard)
     history, events = state["history"], state["events"]
@@ -158,6 +158,8 @@ def fit(
                       "val_acc": val_acc, "lr": lrs, "seconds": seconds, **method.metrics()}
             history.append(record)
             history_log.append(record)
+            if progress:
+                tqdm.write(_summary(record))
             for event in new_events:
                 event = {"epoch": epoch, "step": state["step"], **event}
                 events.append(event)
@@ -232,6 +234,16 @@ def _postfix(loss: float, acc: float, arch: dict[str, Any]) -> dict[str, Any]:
     if isinstance(arch.get("arch"), list | tuple):
         post["units"] = "-".join(str(u) for u in arch["arch"])
     return post
+
+
+def _summary(record: dict[str, Any]) -> str:
+    text = (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
+            f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | {record['seconds']:.1f}s")
+    for key in ("k", "arch", "params"):
+        if key in record:
+            value = "-".join(map(str, record[key])) if isinstance(record[key], list) else record[key]
+            text += f" | {key} {value}"
+    return text
 
 
 def _better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
