@@ -115,12 +115,17 @@ def load_data(recipe: dict[str, Any], data_dir: str | Path | None, device: str) 
 
 
 def build_model(recipe: dict[str, Any], splits: Any) -> nn.Module:
-    """The recipe's model (a zoo name or ``"module:function"``), sized for the data set."""
+    """The recipe's model (a zoo name or ``"module:function"``), sized for the data set.
+
+    ``num_classes`` (and ``in_channels`` for image data) come from the data set unless ``model.kwargs``
+    gives them.
+    """
     from neuroplastic.models import get_model
 
     kwargs = dict(recipe["model"]["kwargs"])
     kwargs.setdefault("num_classes", splits.num_classes)
-    kwargs.setdefault("in_channels", splits.input_shape[0])
+    if len(splits.input_shape) == 3:  # images: the zoo's image models take in_channels; MLPs on vectors do not
+        kwargs.setdefault("in_channels", splits.input_shape[0])
     return get_model(recipe["model"]["name"], **kwargs)
 
 
