@@ -48,6 +48,7 @@ def test_dense_run_writes_the_run_folder(tmp_path, fake_data):
     assert result["params"] == result["params_dense"] == 16 * 8 + 8 * 3
     assert result["flops"] == result["flops_dense"] == 2 * (16 * 8 + 8 * 3)
     assert json.loads((out / "results.json").read_text()) == [result]
+    assert (out / "recipe.yaml").read_text().startswith(f"# resolved from: {tmp_path / 'tiny.yaml'} epochs_scale=2")
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert saved["epochs"] == 6 and saved["epochs_scale"] == 1.0  # the scale is applied exactly once
     assert len((out / "history.jsonl").read_text().splitlines()) == 6

@@ -70,6 +70,7 @@ class Prepared:
     loaders: dict[str, Any]
     input_shape: tuple[int, ...]
     flops_dense: int
+    source: str = ""  # the recipe reference and overrides it was resolved from (written into recipe.yaml)
 
 
 def prepare(
@@ -94,8 +95,9 @@ def prepare(
     model = build_model(recipe, splits).to(device)
     flops_dense = count_flops(model, splits.input_shape)
     method, optimizers, schedules = build_training(recipe, model, steps_per_epoch=len(loaders["train"]))
+    source = " ".join([str(ref), *overrides])
     return Prepared(recipe, run_dir, resume, model, method, optimizers, schedules, loaders,
-                    tuple(splits.input_shape), flops_dense)
+                    tuple(splits.input_shape), flops_dense, source)
 
 
 def load_data(recipe: dict[str, Any], data_dir: str | Path | None, device: str) -> tuple[Any, dict[str, Any]]:
@@ -216,7 +218,9 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
     recipe = prep.recipe
     prep.run_dir.mkdir(parents=True, exist_ok=True)
     if not (prep.run_dir / RECIPE_FILE).exists():
-        _write_text_atomic(prep.run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+        header = (f"# resolved from: {prep.source}\n# (overrides and epochs_scale already applied; "
+                  f"epochs_scale is therefore 1.0 here)\n")
+        _write_text_atomic(prep.run_dir / RECIPE_FILE, header + yaml.safe_dump(recipe, sort_keys=False))
     t0 = time.perf_counter()
     res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
               run_dir=prep.run_dir, selection=recipe["selection"], select_after=recipe["select_from_epoch"],
