@@ -176,13 +176,14 @@ def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> 
 
 
 def _split_gates(method: CapacityMethod, name: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(weights, gates) parameter lists from ``split_param_groups(model)`` of the method's module."""
-    module = importlib.import_module(type(method).__module__)
-    split = getattr(module, "split_param_groups", None)
-    if split is None:
-        raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gate parameters")
-    weights, gates = split(method.model)
-    return list(weights), list(gates)
+    """(weights, gates) from ``split_param_groups(model)`` of the module defining the method or a base."""
+    for cls in type(method).__mro__:
+        split = getattr(importlib.import_module(cls.__module__), "split_param_groups", None)
+        if split is not None:
+            weights, gates = split(method.model)
+            return list(weights), list(gates)
+    raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gate parameters "
+                      "(no split_param_groups in its module)")
 
 
 def _check_run_dir(run_dir: Path, recipe: dict[str, Any], resume: bool) -> None:
