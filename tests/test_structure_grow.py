@@ -1,0 +1,161 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from neuroplastic.structure import group_of, trace_unit_groups
+from neuroplastic.structure.grow import grow, insertion_src
+from neuroplastic.structure.optim_surgery import remap_along
+from neuroplastic.structure.surgery import unit_positions
+from test_structure_zoo import ZOO, make
+
+
+def pick_group(model, x, seed):
+    groups = [g for g in trace_unit_groups(model, x) if g.prunable]
+    return groups[int(torch.randint(len(groups), (1,), generator=torch.Generator().manual_seed(seed)))]
+
+
+def test_insertion_src_by_hand():
+    assert insertion_src(5, [(2, 2)]).tolist() == [0, 1, -1, -1, 2, 3, 4]
+    assert insertion_src(3, [(3, 1), (0, 2)]).tolist() == [-1, -1, 0, 1, 2, -1]
+    with pytest.raises(ValueError, match="outside"):
+        insertion_src(3, [(4, 1)])
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_grow_preserves_function_and_optimizer_state(name, opt_name):
+    model, x = make(name, seed=2)
+    group = pick_group(model, x, seed=len(name))
+    model.train()
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(x).square().mean().backward()
+    opt.step()  # create state before growing
+    names = [n for n, _ in model.named_parameters()]
+    old_state = {
+        n: {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+        for n, p in model.named_parameters()
+    }
+    old_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.eval()
+    before = model(x)
+
+    grow(model, group, 3, optimizer=opt)
+
+    assert (model(x) - before).abs().max() <= 1e-6
+    # the optimizer holds the new Parameter objects, in the same order
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+    params = dict(model.named_parameters())
+    assert list(params) == names
+    # every grown tensor and its state = old values at the old slots, zeros at the new ones
+    inserts = {}
+    for ref in group.members:
+        key = (ref.module, ref.dim)
+        inserts.setdefault(key, []).append((ref.offset + group.size * ref.repeat, 3 * ref.repeat))
+    grown = set()
+    for (module, dim), where in inserts.items():
+        for tensor_name in ("weight", "bias"):
+            n = f"{module}.{tensor_name}"
+            if n not in params or (dim == 1 and tensor_name == "bias"):
+                continue
+            axis = dim if tensor_name == "weight" else 0
+            src = insertion_src(old_params[n].shape[axis], where)
+            keep = src >= 0
+            new_slots = params[n].index_select(axis, torch.nonzero(~keep).flatten())
+            assert torch.equal(params[n].index_select(axis, torch.nonzero(keep).flatten()), old_params[n])
+            if dim == 1:
+                assert torch.all(new_slots == 0)
+            for k, v in opt.state[params[n]].items():
+                if k == "step":
+                    assert torch.equal(torch.as_tensor(v), torch.as_tensor(old_state[n][k]))
+                else:
+                    assert torch.equal(v, remap_along(old_state[n][k], axis, src))
+            grown.add(n)
+    for n, p in params.items():
+        if n not in grown:
+            assert torch.equal(p, old_params[n])
+            for k, v in opt.state[p].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(old_state[n][k]))
+    assert grown  # something grew
+    # training mode and both optimizers keep working
+    model.train()
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+    sizes = {g.name: g.size for g in trace_unit_groups(model, x)}
+    assert sizes[group.name] == group.size + 3
+
+
+def test_grow_lenet_conv2_exact_slots():
+    """Hand-checked layout: conv2 grows 50 -> 52, fc1 gets 2 * 16 zero columns at the end."""
+    model, x = make("lenet5")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(x).square().mean().backward()
+    opt.step()
+    old_w, old_fc1 = model.conv2.weight.detach().clone(), model.fc1.weight.detach().clone()
+    old_buf = opt.state[model.fc1.weight]["momentum_buffer"].clone()
+    before = model(x)
+    grow(model, "conv2", 2, x, optimizer=opt)
+    assert model.conv2.out_channels == 52 and model.fc1.in_features == 832
+    assert torch.equal(model.conv2.weight[:50], old_w)
+    bound = 1 / math.sqrt(20 * 25)  # kaiming_uniform(a=sqrt(5)) bound = 1/sqrt(fan_in)
+    assert model.conv2.weight[50:].abs().max() <= bound and model.conv2.weight[50:].abs().max() > 0
+    assert torch.equal(model.fc1.weight[:, :800], old_fc1) and torch.all(model.fc1.weight[:, 800:] == 0)
+    buf = opt.state[model.fc1.weight]["momentum_buffer"]
+    assert torch.equal(buf[:, :800], old_buf) and torch.all(buf[:, 800:] == 0)
+    assert torch.equal(model(x), before)
+
+
+def test_grow_densenet_inserts_in_the_middle_of_concat_readers():
+    model, x = make("densenet")
+    g = group_of(trace_unit_groups(model, x), "dense.0.conv")  # channels 10..15 of later concats
+    old = model.trans_bn.running_var.clone()
+    before = model(x)
+    grow(model, g, 2)
+    assert model.trans_bn.num_features == 30
+    # two default channels inserted after the group's last channel (index 15)
+    assert torch.equal(model.trans_bn.running_var, torch.cat([old[:16], torch.ones(2), old[16:]]))
+    assert torch.all(model.trans_conv.weight[:, 16:18] == 0)
+    assert (model(x) - before).abs().max() <= 1e-6
+    new = group_of(trace_unit_groups(model, x), "dense.0.conv")
+    assert new.size == 8
+    assert [r.offset for r in new.consumers] == [10, 10, 10]
+
+
+def test_grow_residual_stream_consistently():
+    model, x = make("resnet20")
+    g = group_of(trace_unit_groups(model, x), "layers.3.conv2")  # stage 2 stream, with projection
+    before = model(x)
+    grow(model, g, 4)
+    for ref in g.members:
+        module = dict(model.named_modules())[ref.module]
+        assert (module.weight.shape[ref.dim] if ref.kind != "norm" else module.num_features) == 36
+    assert (model(x) - before).abs().max() <= 1e-6
+    assert torch.all(model.linear.weight[:, :0] == 0)  # the classifier reads stage 3, untouched
+    assert model.layers[3].bn2.weight[32:].eq(1).all() and model.layers[3].bn2.bias[32:].eq(0).all()
+
+
+def test_grow_custom_init_and_errors():
+    model, x = make("mlp")
+    grow(model, "fc2", 2, x, init=nn.init.ones_)
+    assert torch.all(model.fc2.weight[24:] == 1)
+    g = group_of(trace_unit_groups(model, x), "fc1")
+    with pytest.raises(ValueError, match="positive int"):
+        grow(model, g, 0)
+    with pytest.raises(ValueError, match="cannot grow"):
+        grow(model, "fc3", 1, x)
+    with pytest.raises(ValueError, match="needs example_input"):
+        grow(model, "fc1", 1)
+    with pytest.raises(ValueError, match="unknown"):
+        grow(model, "nope", 1, x)
+
+
+def test_unit_positions_with_repeat_by_hand():
+    from neuroplastic.structure import UnitRef
+
+    ref = UnitRef("fc1", 1, "linear", offset=4, repeat=3)
+    assert unit_positions(ref, torch.tensor([0, 2])).tolist() == [4, 5, 6, 10, 11, 12]
