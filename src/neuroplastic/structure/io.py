@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuroplastic.structure.trace import CONVS, NORMS
+from neuroplastic.structure.trace import NORMS
 
 __all__ = ["save_compact", "load_compact", "export_onnx"]
 
@@ -61,7 +61,8 @@ def load_compact(path: str | os.PathLike, template: nn.Module) -> nn.Module:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a file written by save_compact")
     if payload.get("version") != VERSION:
-        raise ValueError(f"{os.fspath(path)!r} has format version {payload.get('version')}, expected {VERSION}")
+        version = payload.get("version")
+        raise ValueError(f"{os.fspath(path)!r} has format version {version}, expected {VERSION}")
     modules = dict(template.named_modules())
     missing = sorted(set(payload["shapes"]) - set(modules))
     if missing:
@@ -115,10 +116,14 @@ def export_onnx(
     try:
         if exporter == "dynamo":
             batch = torch.export.Dim("batch")
-            torch.onnx.export(model, (example_input,), path, dynamo=True, dynamic_shapes=({0: batch},),
-                              input_names=["input"], output_names=["output"])  # fmt: skip
+            torch.onnx.export(
+                model, (example_input,), path, dynamo=True, dynamic_shapes=({0: batch},),
+                input_names=["input"], output_names=["output"],
+            )  # fmt: skip
         else:
-            torch.onnx.export(model, (example_input,), path, dynamo=False, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})  # fmt: skip
+            torch.onnx.export(
+                model, (example_input,), path, dynamo=False, input_names=["input"], output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )  # fmt: skip
     finally:
         model.train(was_training)
