@@ -190,3 +190,24 @@ def test_every_zoo_model_traces_with_input_and_output_blocked(name):
     blocked_output = [g for g in groups if "reaches the model output" in g.reason]
     assert len(blocked_output) == 1 and blocked_output[0].size == model(x).shape[1]
     assert any(g.prunable for g in groups)
+
+
+def test_trace_blocks_what_it_cannot_follow():
+    class Tricky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+            self.scale = nn.Parameter(torch.ones(4))  # a per-channel tensor outside any layer
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.a(x) * self.scale[:, None, None]
+            z = self.b(y).mean(1, keepdim=True)  # averages over channels
+            w = self.c(y) + z
+            return self.fc(w.mean((2, 3)))
+
+    x = torch.randn(2, 3, 4, 4)  # H == C == 4: shapes alone could not tell mean(1) from mean(2)
+    groups = {g.name: g for g in trace_unit_groups(Tricky(), x)}
+    assert not groups["a"].prunable and "cannot follow" in groups["a"].reason
+    assert not groups["b"].prunable and "mixes channels" in groups["b"].reason
+    assert not groups["c"].prunable and "broadcasts along the channel dimension" in groups["c"].reason

@@ -173,6 +173,16 @@ class _Tracer(fx.Tracer):
         return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
 
 
+def _numel(node: fx.Node) -> int:
+    shape = _shape(node)
+    if shape is None:
+        return 0
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
@@ -266,6 +276,12 @@ def _build_groups(gm: fx.GraphModule, passthrough: tuple[type[nn.Module], ...]) 
                 maps[node] = [_Seg(groups.new(node.name, shape[1], why), shape[1])]
             continue
         args = tensor_args(node)
+        stray = [a.name for a in node.all_input_nodes if a not in maps and _numel(a) > 1]
+        if stray and args:
+            # a per-channel tensor the trace cannot follow (a parameter used outside its module,
+            # a constant built in forward) would have to be sliced too
+            opaque(node, f"'{node.name}' combines channels with tensors {stray} the trace cannot follow")
+            continue
         if not args:
             continue  # computed from constants only: carries no channels
         if node.op == "call_module":
@@ -356,10 +372,15 @@ def _function_node(node: fx.Node, args, maps, opaque, merge) -> None:
         else:
             opaque(node, f"'{node.name}' reshapes with a tensor argument")
     elif target in REDUCE_METHODS or target in (torch.mean, torch.sum):
-        in_shape, out = _shape(args[0]), _shape(node)
-        keeps = (in_shape is not None and out is not None and len(out) >= 2
-                 and out[:2] == in_shape[:2] and all(s.repeat == 1 for s in x))  # fmt: skip
-        if keeps and len(args) == 1:
+        in_shape = _shape(args[0])
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = (dims,) if isinstance(dims, int) else dims
+        # only a reduction over spatial dimensions (2, 3, ...) keeps the channels apart
+        spatial = (
+            isinstance(dims, (tuple, list)) and in_shape is not None and len(dims) > 0
+            and all(isinstance(d, int) and (d % len(in_shape)) >= 2 for d in dims)
+        )  # fmt: skip
+        if spatial and len(args) == 1 and all(s.repeat == 1 for s in x):
             maps[node] = x
         else:
             opaque(node, f"reduction '{node.name}' mixes channels")
