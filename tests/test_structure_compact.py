@@ -222,3 +222,43 @@ def test_lenet_keeps_original_untouched_type():
     small = compact(model, {}, x)
     assert type(small) is LeNet5Caffe and small is not model
     assert torch.equal(small(x), model(x))
+
+
+def attach_gate(model: nn.Module, group, open_: torch.Tensor) -> list:
+    """NPN-style gate: multiply each gate site's slice of the group by the 0/1 vector ``open_``."""
+    modules = dict(model.named_modules())
+    hooks = []
+    for ref in group.gate_sites():
+        factor = open_.float().repeat_interleave(ref.repeat)
+        lo, hi = ref.offset, ref.offset + len(factor)
+
+        def hook(m, inputs, out, lo=lo, hi=hi, factor=factor):
+            out = out.clone()
+            shape = (1, -1) + (1,) * (out.dim() - 2)
+            out[:, lo:hi] = out[:, lo:hi] * factor.view(shape)
+            return out
+
+        hooks.append(modules[ref.module].register_forward_hook(hook))
+    return hooks
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_gated_groups_compact_exactly(name):
+    """The NPN flow: gate every prunable group at its gate sites, compact with the open masks."""
+    model, x = make(name, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    keep, hooks = {}, []
+    for g in trace_unit_groups(model, x):
+        if g.prunable:
+            open_ = torch.rand(g.size, generator=gen) < 0.6
+            open_[0] = True
+            keep[g.name] = open_
+            hooks += attach_gate(model, g, open_)
+    gated = model(x)
+    small = compact(model, keep, x)
+    for h in hooks:
+        h.remove()
+    for m in small.modules():
+        m._forward_hooks.clear()
+    assert (gated - small(x)).abs().max() <= 1e-5
+    assert count_parameters(small) < count_parameters(model)

@@ -159,3 +159,39 @@ def test_unit_positions_with_repeat_by_hand():
 
     ref = UnitRef("fc1", 1, "linear", offset=4, repeat=3)
     assert unit_positions(ref, torch.tensor([0, 2])).tolist() == [4, 5, 6, 10, 11, 12]
+
+
+def test_resize_tensor_for_gate_logits_with_adam_state():
+    from neuroplastic.structure.surgery import resize_tensor
+
+    gate = nn.Module()
+    gate.logits = nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    gate.register_buffer("count", torch.tensor([5.0, 6.0, 7.0]))
+    opt = torch.optim.Adam(gate.parameters(), lr=0.1)
+    gate.logits.square().sum().backward()
+    opt.step()
+    m = opt.state[gate.logits]["exp_avg"].clone()
+    resize_tensor(gate, "logits", torch.tensor([0, 1, 2, -1, -1]), optimizer=opt, fill=-4.0)
+    resize_tensor(gate, "count", torch.tensor([2, 0]))
+    assert gate.logits.shape == (5,) and gate.logits[3:].eq(-4.0).all()
+    assert torch.equal(opt.state[gate.logits]["exp_avg"], torch.cat([m, torch.zeros(2)]))
+    assert gate.count.tolist() == [7.0, 5.0] and "count" in dict(gate.named_buffers())
+    opt.step()
+    with pytest.raises(TypeError, match="not a parameter or buffer"):
+        resize_tensor(gate, "training", torch.tensor([0]))
+    with pytest.raises(ValueError, match="refers to slot 9"):
+        resize_tensor(gate, "logits", torch.tensor([9]))
+
+
+def test_gate_sites_are_norms_else_producers():
+    model, x = make("densenet")
+    groups = trace_unit_groups(model, x)
+    stem = group_of(groups, "stem")  # no BatchNorm right after the stem: the concat readers' BNs
+    assert [(r.module, r.offset) for r in stem.gate_sites()] == [
+        ("dense.0.bn", 0),
+        ("dense.1.bn", 0),
+        ("dense.2.bn", 0),
+        ("trans_bn", 0),
+    ]
+    model, x = make("lenet5")
+    assert [r.module for r in group_of(trace_unit_groups(model, x), "conv2").gate_sites()] == ["conv2"]

@@ -19,7 +19,7 @@ from torch import nn
 from neuroplastic.structure.optim_surgery import Optimizers, remap_along, replace_parameter
 from neuroplastic.structure.trace import CONVS, NORMS, UnitRef
 
-__all__ = ["unit_positions", "resize_module", "dim_size", "default_init"]
+__all__ = ["unit_positions", "resize_module", "resize_tensor", "dim_size", "default_init"]
 
 Init = Callable[[torch.Tensor], None]
 
@@ -93,23 +93,55 @@ def resize_module(
     if dim not in (0, 1):
         raise ValueError(f"dim must be 0 (outputs) or 1 (inputs), got {dim}")
     src = torch.as_tensor(src, dtype=torch.long).flatten()
-    new_slots = torch.nonzero(src < 0).flatten()
+    n_new = int((src < 0).sum())
     for name, axis in _tensor_names(module, dim):
         old = getattr(module, name)
-        values = remap_along(old.detach(), axis, src)
-        if len(new_slots) and dim == 0:
-            values.index_copy_(
-                0, new_slots.to(values.device), _new_rows(name, module, len(new_slots), old, init)
-            )
-        if isinstance(old, nn.Parameter):
-            new = nn.Parameter(values, requires_grad=old.requires_grad)
-            if old.grad is not None:
-                new.grad = remap_along(old.grad, axis, src)
-            replace_parameter(optimizer, old, new, axis, src)
-            setattr(module, name, new)
-        else:
-            module._buffers[name] = values
+        fill = _new_rows(name, module, n_new, old, init) if n_new and dim == 0 else 0.0
+        resize_tensor(module, name, src, axis=axis, optimizer=optimizer, fill=fill)
     _update_attributes(module, dim, len(src))
+
+
+@torch.no_grad()
+def resize_tensor(
+    owner: nn.Module,
+    name: str,
+    src: torch.Tensor,
+    axis: int = 0,
+    optimizer: Optimizers = None,
+    fill: float | torch.Tensor = 0.0,
+) -> None:
+    """Replace parameter (or buffer) ``owner.<name>`` by one whose slice ``i`` along ``axis`` is old
+    slice ``src[i]``; new slices (``src[i] == -1``) take ``fill`` (a scalar, or a tensor holding the
+    new slices in order). Gradient and ``optimizer`` state follow (new slots zero).
+
+    This is the tool for per-unit tensors that live outside the group's layers, such as gate logits:
+    ``resize_tensor(gate, "logits", torch.cat([torch.arange(size), torch.full((n,), -1)]), fill=c)``
+    after ``grow(model, group, n)``, or ``src = kept indices`` after ``select_units``.
+    """
+    src = torch.as_tensor(src, dtype=torch.long).flatten()
+    old = getattr(owner, name, None)
+    if not (isinstance(old, nn.Parameter) or name in owner._buffers) or old is None:
+        raise TypeError(f"{name!r} of {type(owner).__name__} is not a parameter or buffer")
+    if not -old.dim() <= axis < old.dim():
+        raise ValueError(f"axis must be in {-old.dim()}..{old.dim() - 1} for {name!r}, got {axis}")
+    axis %= old.dim()
+    if len(src) and int(src.max()) >= old.shape[axis]:
+        raise ValueError(f"src refers to slot {int(src.max())} of {name!r}, which has {old.shape[axis]}")
+    values = remap_along(old.detach(), axis, src)
+    new_slots = torch.nonzero(src < 0).flatten().to(values.device)
+    if len(new_slots):
+        if isinstance(fill, torch.Tensor):
+            values.index_copy_(axis, new_slots, fill.to(values))
+        else:
+            values.index_fill_(axis, new_slots, fill)
+    if isinstance(old, nn.Parameter):
+        new = nn.Parameter(values, requires_grad=old.requires_grad)
+        if old.grad is not None:
+            new.grad = remap_along(old.grad, axis, src)
+        replace_parameter(optimizer, old, new, axis, src)
+        setattr(owner, name, new)
+    else:
+        owner._buffers[name] = values
 
 
 def _update_attributes(module: nn.Module, dim: int, size: int) -> None:

@@ -105,6 +105,18 @@ class UnitGroup:
         """Producers then consumers."""
         return self.producers + self.consumers
 
+    def gate_sites(self) -> list[UnitRef]:
+        """Where a per-unit gate goes so that closed units read exactly zero at every consumer.
+
+        The group's BatchNorms if it has any (a gate after the BatchNorm, since its bias would
+        otherwise leak into the consumers), else its producing layers. Multiply the output slice
+        ``[offset, offset + size * repeat)`` of each site by the same gate vector (repeated
+        ``repeat`` times). Exact when what follows the sites is channel-wise with ``f(0) = 0``
+        (ReLU, pooling, residual additions); otherwise :func:`compact` reports the leak.
+        """
+        norms = [r for r in self.producers if r.kind == "norm"]
+        return norms or list(self.producers)
+
     def modules(self) -> list[str]:
         """Names of every module holding tensors of this group, without repeats."""
         return list(dict.fromkeys(r.module for r in self.members))
