@@ -5,7 +5,7 @@ from torch import nn
 from neuroplastic.metrics import count_parameters
 from neuroplastic.structure import compact, group_of, select_units, trace_unit_groups
 from neuroplastic.structure.surgery import unit_positions
-from test_structure_zoo import MLP, ZOO, LeNet5Caffe, make
+from test_structure_trace import MLP, ZOO, LeNet5Caffe, make
 
 
 @torch.no_grad()
@@ -262,3 +262,44 @@ def test_gated_groups_compact_exactly(name):
         m._forward_hooks.clear()
     assert (gated - small(x)).abs().max() <= 1e-5
     assert count_parameters(small) < count_parameters(model)
+
+
+class Gate(nn.Module):
+    """A stand-in for a gate module placed in the graph: multiplies channels by a 0/1 buffer."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.register_buffer("open", torch.ones(n))
+
+    def forward(self, x):
+        return x * self.open.view(1, -1, 1, 1)
+
+
+class SEGated(nn.Module):
+    """Squeeze-and-excitation (x * sigmoid(fc(pool(x)))) couples x's channels with the excite conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.gate = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), Gate(8)
+        self.squeeze, self.excite = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.out = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.gate(self.bn(self.conv(x))))
+        s = torch.sigmoid(self.excite(torch.relu(self.squeeze(x.mean((2, 3), keepdim=True)))))
+        return self.out(x * s).mean((2, 3))
+
+
+def test_passthrough_gate_module_and_squeeze_excitation():
+    model, x = SEGated().eval(), torch.randn(3, 3, 6, 6)
+    with pytest.raises(ValueError, match="not prunable"):  # without passthrough the gate is opaque
+        compact(model, {"conv": [0]}, x, groups=trace_unit_groups(model, x))
+    groups = trace_unit_groups(model, x, passthrough=(Gate,))
+    g = group_of(groups, "conv")
+    assert {r.module for r in g.producers} == {"conv", "bn", "excite"}
+    assert {r.module for r in g.consumers} == {"squeeze", "out"}
+    model.gate.open[[1, 4, 6]] = 0
+    small = compact(model, {"conv": model.gate.open.bool()}, x, groups=groups)
+    small.gate = nn.Identity()  # the gate is not part of the compact model
+    assert small.excite.out_channels == 5 and small.squeeze.in_channels == 5
+    assert (model(x) - small(x)).abs().max() <= 1e-5

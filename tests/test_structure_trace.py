@@ -1,4 +1,4 @@
-"""Fixture zoo for the structure tests (imported by the other ``test_structure_*`` files).
+"""Trace tests, and the fixture zoo that the other ``test_structure_*`` files import.
 
 Each model is small but has the coupling it stands for: a flatten into a Linear (LeNet5-Caffe, VGG),
 identity and 1x1-projection residual additions (ResNet-20), a depthwise conv inside an inverted
