@@ -71,6 +71,7 @@ def test_compacted_model_runs_in_onnxruntime(name, tmp_path):
         assert (_ort_outputs(tmp_path / "m.onnx", x7) - small(x7)).abs().max() <= 1e-4
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside torch.export
 @pytest.mark.skipif(not (HAS_ORT and HAS_ONNXSCRIPT), reason="onnx, onnxruntime and onnxscript not installed")
 def test_dynamo_exporter(tmp_path):
     model, x = make("lenet5")

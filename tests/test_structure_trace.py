@@ -211,3 +211,19 @@ def test_trace_blocks_what_it_cannot_follow():
     assert not groups["a"].prunable and "cannot follow" in groups["a"].reason
     assert not groups["b"].prunable and "mixes channels" in groups["b"].reason
     assert not groups["c"].prunable and "broadcasts along the channel dimension" in groups["c"].reason
+
+
+def test_group_of_and_groups_of():
+    from neuroplastic.structure import group_of, groups_of
+
+    model, x = make("densenet")
+    groups = trace_unit_groups(model, x)
+    assert group_of(groups, "dense.1.conv").size == 6
+    # the transition BatchNorm normalises the pieces of four groups: group_of refuses to pick one
+    with pytest.raises(ValueError, match="produces the units of 4 groups"):
+        group_of(groups, "trans_bn")
+    assert [g.name for g in groups_of(groups, "trans_bn")] == [
+        "stem", "dense.0.conv", "dense.1.conv", "dense.2.conv"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="produces the units of 0 groups"):
+        group_of(groups, "nope")
