@@ -195,3 +195,20 @@ def test_gate_sites_are_norms_else_producers():
     ]
     model, x = make("lenet5")
     assert [r.module for r in group_of(trace_unit_groups(model, x), "conv2").gate_sites()] == ["conv2"]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "densenet", "mobilenetv2"])
+def test_compact_undoes_grow_exactly(name):
+    """grow then compact(keep = the old units) gives back the original tensors bit for bit."""
+    from neuroplastic.structure import compact
+
+    model, x = make(name, seed=7)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    group = pick_group(model, x, seed=7)
+    grow(model, group, 3)
+    keep = {group.name: range(group.size)}  # the new units read non-zero values, with zero weights
+    small = compact(model, keep, x)
+    restored = small.state_dict()
+    assert list(restored) == list(original)
+    for k, v in original.items():
+        assert torch.equal(restored[k], v), k

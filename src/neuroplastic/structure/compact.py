@@ -5,7 +5,8 @@ BatchNorm vectors, depthwise convs (their ``groups`` too), and the consumers' in
 consecutive columns after a flatten, at the group's offset after a concatenation).
 
 Removal is exact when the removed units are zero where their consumers read them (a closed NPN gate
-sits after the BatchNorm for that reason). :func:`compact` checks this on the example input. A unit
+sits after the BatchNorm for that reason), or when the consumers' weights on them are zero (units just
+added by :func:`~neuroplastic.structure.grow`). :func:`compact` checks this on the example input. A unit
 that reads as a constant ``c != 0`` (for instance a BatchNorm'd channel whose conv was zeroed but
 whose BatchNorm bias was not) can be folded into the consumer's bias (``fold_constants=True``); this is
 exact for Linear consumers and for convs without zero padding, and refused for a conv with zero
@@ -147,10 +148,18 @@ def _fold_or_check(
     consumer: nn.Module, ref: UnitRef, group: str, positions: torch.Tensor, x: torch.Tensor,
     fold_constants: bool, atol: float,
 ) -> None:  # fmt: skip
-    """Check the removed inputs of ``consumer`` read zero; fold constants into its bias if allowed."""
+    """Check the removed inputs of ``consumer`` are harmless; fold constants into its bias if allowed.
+
+    A removed input is harmless when it reads zero or when the consumer's weights on it are all zero
+    (freshly grown units); one that reads as a constant can be folded (see the module docstring).
+    """
+    positions = positions.to(consumer.weight.device)
+    dead = consumer.weight.index_select(1, positions).transpose(0, 1).flatten(1).eq(0).all(dim=1)
     vals = x.index_select(1, positions.to(x.device)).transpose(0, 1).reshape(len(positions), -1)
-    if float(vals.abs().max()) <= atol:
+    live = torch.nonzero((vals.abs().amax(dim=1) > atol) & ~dead.to(vals.device)).flatten()
+    if len(live) == 0:
         return
+    positions, vals = positions[live.to(positions.device)], vals[live]
     lo, hi = vals.amin(dim=1), vals.amax(dim=1)
     where = f"group {group!r}: removed units read by {ref.module!r}"
     if not fold_constants:
@@ -162,7 +171,7 @@ def _fold_or_check(
         raise ValueError(f"{where} are neither zero nor constant (spread {float((hi - lo).max()):.3g})")
     if isinstance(consumer, CONVS) and _zero_padding(consumer):
         raise ValueError(f"{where} are constant but {ref.module!r} zero-pads: folding would not be exact")
-    weight = consumer.weight.index_select(1, positions.to(consumer.weight.device))
+    weight = consumer.weight.index_select(1, positions)
     weight = weight.flatten(2).sum(dim=2) if weight.dim() > 2 else weight  # a constant sees every tap
     shift = weight @ ((hi + lo) / 2).to(weight)
     if consumer.bias is None:
@@ -184,8 +193,9 @@ def compact(
     Parameters
     ----------
     model : left untouched; its eval-mode behaviour on ``example_input`` is used to check that every
-        removed unit reads as zero (within ``atol``) at each of its consumers, so a gated model (gates
-        as forward hooks or modules after the BatchNorm) is checked with its gates closed.
+        removed unit reads as zero (within ``atol``) at each of its consumers, or has zero weights
+        there, so a gated model (gates as forward hooks or modules after the BatchNorm) is checked
+        with its gates closed.
     keep : group name -> unit indices (or a bool mask over the group) to keep; groups not named stay
         whole. A group may keep no unit: one unit then stays with its outgoing weights zeroed, so the
         model remains valid (layers of width 0 are not supported by every runtime).
