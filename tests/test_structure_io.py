@@ -21,7 +21,7 @@ def test_save_load_roundtrip_with_weights_only(name, tmp_path):
     save_compact(small, path)
     payload = torch.load(path, weights_only=True)  # no pickled classes
     assert payload["format"] == "neuroplastic.compact"
-    loaded = load_compact(path, ZOO[name][0]().eval())
+    loaded = load_compact(path, ZOO[name][0]).eval()  # a template class / factory works too
     assert torch.equal(loaded(x), small(x))
     for (k, v), (k2, v2) in zip(small.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
@@ -47,6 +47,11 @@ def test_load_rejects_foreign_files(tmp_path):
     torch.save({"a": torch.zeros(1)}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a file written by save_compact"):
         load_compact(tmp_path / "x.pt", MLP())
+    save_compact(MLP(), tmp_path / "m.pt")
+    with pytest.raises(TypeError, match="template must be"):
+        load_compact(tmp_path / "m.pt", 3)
+    with pytest.raises(ValueError, match="template has no modules"):
+        load_compact(tmp_path / "m.pt", torch.nn.Sequential())
 
 
 def _ort_outputs(path, x):

@@ -10,6 +10,7 @@ tensors, strings, ints and bools, so ``torch.load(path, weights_only=True)`` rea
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,13 +51,21 @@ def save_compact(model: nn.Module, path: str | os.PathLike) -> None:
     torch.save(payload, path)
 
 
-def load_compact(path: str | os.PathLike, template: nn.Module) -> nn.Module:
+def load_compact(path: str | os.PathLike, template: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     """Rebuild a model saved by :func:`save_compact` into ``template`` (resized in place, returned).
 
     ``template`` is a freshly built instance of the saved model's class, at any size (usually the
-    original full size); its tensors are replaced by tensors of the saved shapes, on the template's
-    device, then the saved values are loaded strictly.
+    original full size), or a function without arguments that builds one; its tensors are replaced by
+    tensors of the saved shapes, on the template's device, then the saved values are loaded strictly.
+    The file does not name the class to build: importing and calling code named in a file would undo
+    the safety of ``weights_only=True``.
     """
+    if not isinstance(template, nn.Module):
+        if not callable(template):
+            raise TypeError(f"template must be an nn.Module or a function building one, got {type(template)}")
+        template = template()
+        if not isinstance(template, nn.Module):
+            raise TypeError(f"the template function returned a {type(template).__name__}, not an nn.Module")
     payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a file written by save_compact")
