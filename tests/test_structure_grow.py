@@ -212,3 +212,17 @@ def test_compact_undoes_grow_exactly(name):
     assert list(restored) == list(original)
     for k, v in original.items():
         assert torch.equal(restored[k], v), k
+
+
+def test_grow_through_a_depthwise_conv():
+    model, x = make("mobilenetv2")
+    before = model(x)
+    grow(model, "blocks.0.conv.0", 5, x)  # expand conv -> BN -> depthwise -> BN -> project conv
+    block = model.blocks[0].conv
+    assert block[0].out_channels == 37 and block[1].num_features == 37 and block[4].num_features == 37
+    assert block[3].groups == block[3].in_channels == block[3].out_channels == 37
+    assert block[3].weight.shape == (37, 1, 3, 3) and block[6].in_channels == 37
+    bound = 1 / 3  # depthwise fan_in = 1 * 3 * 3
+    assert 0 < block[3].weight[32:].abs().max() <= bound
+    assert torch.all(block[6].weight[:, 32:] == 0)
+    assert (model(x) - before).abs().max() <= 1e-6
