@@ -15,6 +15,7 @@ group is never silently wrong.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +43,10 @@ PASSTHROUGH_FUNCTIONS = {
     _F.hardsigmoid, _F.hardtanh, _F.softplus, torch.sigmoid, _F.sigmoid, torch.tanh, _F.tanh,
     _F.dropout, _F.dropout2d, _F.max_pool1d, _F.max_pool2d, _F.max_pool3d, _F.avg_pool1d,
     _F.avg_pool2d, _F.avg_pool3d, _F.adaptive_avg_pool1d, _F.adaptive_avg_pool2d,
-    _F.adaptive_avg_pool3d, _F.adaptive_max_pool2d, torch.clone,
+    _F.adaptive_avg_pool3d, _F.adaptive_max_pool2d, torch.clone, torch.clamp,
 }  # fmt: skip
 PASSTHROUGH_METHODS = {
-    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "float", "to", "type_as", "detach",
+    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "float", "to", "detach", "clamp", "clamp_",
 }  # fmt: skip
 #: Element-wise binary operations: two tensor operands with channels couple them (merge groups).
 BINARY_OPS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.truediv,
@@ -255,7 +256,15 @@ def _build_groups(gm: fx.GraphModule, passthrough: tuple[type[nn.Module], ...]) 
     return _collect(groups)
 
 
-def _module_node(node, module, args, maps, groups: _Groups, opaque, passthrough) -> None:
+Maps = dict[fx.Node, list[_Seg]]
+Opaque = Callable[[fx.Node, str], None]
+Merge = Callable[[fx.Node, list[list[_Seg]]], None]
+
+
+def _module_node(
+    node: fx.Node, module: nn.Module, args: list[fx.Node], maps: Maps, groups: _Groups, opaque: Opaque,
+    passthrough: tuple[type[nn.Module], ...],
+) -> None:  # fmt: skip
     x = maps[args[0]]
     in_shape = _shape(args[0])
     name = str(node.target)
@@ -294,7 +303,7 @@ def _module_node(node, module, args, maps, groups: _Groups, opaque, passthrough)
         opaque(node, f"module '{name}' of type {type(module).__name__} is not understood")
 
 
-def _function_node(node: fx.Node, args, maps, opaque, merge) -> None:
+def _function_node(node: fx.Node, args: list[fx.Node], maps: Maps, opaque: Opaque, merge: Merge) -> None:
     target = node.target
     x = maps[args[0]]
     if target in PASSTHROUGH_FUNCTIONS or target in PASSTHROUGH_METHODS:
@@ -337,7 +346,7 @@ def _function_node(node: fx.Node, args, maps, opaque, merge) -> None:
         opaque(node, f"operation {getattr(target, '__name__', target)!s} of '{node.name}' is not understood")
 
 
-def _flatten(node: fx.Node, arg: fx.Node, maps, opaque) -> None:
+def _flatten(node: fx.Node, arg: fx.Node, maps: Maps, opaque: Opaque) -> None:
     in_shape, out = _shape(arg), _shape(node)
     x = maps[arg]
     if in_shape is None or out is None:
@@ -353,7 +362,7 @@ def _flatten(node: fx.Node, arg: fx.Node, maps, opaque) -> None:
         opaque(node, f"reshape '{node.name}' from {in_shape} to {out} is not a flatten")
 
 
-def _concat(node: fx.Node, args, maps, opaque, merge) -> None:
+def _concat(node: fx.Node, args: list[fx.Node], maps: Maps, opaque: Opaque, merge: Merge) -> None:
     tensors = node.args[0] if node.args else node.kwargs.get("tensors")
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     out = _shape(node)
