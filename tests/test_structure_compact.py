@@ -303,3 +303,38 @@ def test_passthrough_gate_module_and_squeeze_excitation():
     small.gate = nn.Identity()  # the gate is not part of the compact model
     assert small.excite.out_channels == 5 and small.squeeze.in_channels == 5
     assert (model(x) - small(x)).abs().max() <= 1e-5
+
+
+def test_keep_from_layer_masks_per_layer_gates_on_resnet():
+    """The paper's placement: one gate per conv (after its BN); a stream unit goes only if all
+    convs writing the stream close it. Units kept but closed in some writer stay closed through that
+    writer's BN (gates baked in: BN weight and bias zeroed), since the compact model has no gates."""
+    from neuroplastic.structure import keep_from_layer_masks
+
+    model, x = make("resnet20", seed=9)
+    groups = trace_unit_groups(model, x)
+    modules = dict(model.named_modules())
+    gen = torch.Generator().manual_seed(9)
+    masks = {}
+    for g in groups:
+        if not g.prunable:
+            continue
+        writers = [r.module for r in g.producers if r.kind == "conv"]
+        shared_closed = torch.rand(g.size, generator=gen) < 0.5  # closed in every writer
+        for w in writers:
+            masks[w] = ~shared_closed | (torch.rand(g.size, generator=gen) < 0.3)  # some open here only
+            bn = modules[w.replace("conv", "bn") if "shortcut" not in w else w[:-1] + "1"]
+            with torch.no_grad():  # bake the gate: a closed unit is zero after this BN
+                bn.weight.mul_(masks[w])
+                bn.bias.mul_(masks[w])
+    keep = keep_from_layer_masks(groups, masks)
+    stream = group_of(groups, "conv1")  # the stem and three residual branches write it
+    expected = masks["conv1"] | masks["layers.0.conv2"] | masks["layers.1.conv2"] | masks["layers.2.conv2"]
+    assert torch.equal(keep[stream.name], expected) and not bool(expected.all())
+    small = compact(model, keep, x)
+    assert (model(x) - small(x)).abs().max() <= 1e-5
+    assert small.conv1.out_channels == int(expected.sum())
+    with pytest.raises(ValueError, match="bool mask of length 16"):
+        keep_from_layer_masks(groups, {**masks, "conv1": torch.ones(3, dtype=torch.bool)})
+    partial = {k: v for k, v in masks.items() if k != "layers.0.conv2"}
+    assert stream.name not in keep_from_layer_masks(groups, partial)  # an ungated writer keeps all

@@ -3,7 +3,7 @@ place), grow (add units in place), with the optimizer's state kept consistent; s
 ONNX export of the resized models. See docs/structure.md.
 """
 
-from neuroplastic.structure.compact import compact, select_units
+from neuroplastic.structure.compact import compact, keep_from_layer_masks, select_units
 from neuroplastic.structure.grow import grow
 from neuroplastic.structure.io import export_onnx, load_compact, save_compact
 from neuroplastic.structure.trace import UnitGroup, UnitRef, group_of, groups_of, trace_unit_groups
@@ -16,6 +16,7 @@ __all__ = [
     "group_of",
     "groups_of",
     "grow",
+    "keep_from_layer_masks",
     "load_compact",
     "save_compact",
     "select_units",

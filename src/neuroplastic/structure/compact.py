@@ -25,7 +25,7 @@ from neuroplastic.structure.optim_surgery import Optimizers
 from neuroplastic.structure.surgery import dim_size, resize_module, unit_positions
 from neuroplastic.structure.trace import CONVS, UnitGroup, UnitRef, trace_unit_groups
 
-__all__ = ["select_units", "compact", "Keep"]
+__all__ = ["select_units", "compact", "keep_from_layer_masks", "Keep"]
 
 Keep = Mapping[str, torch.Tensor | Sequence[int]]
 
@@ -233,3 +233,34 @@ def compact(
                 consumer.weight.index_fill_(1, positions.to(consumer.weight.device), 0.0)
     _apply(small, plan, optimizer=None)
     return small
+
+
+def keep_from_layer_masks(
+    groups: list[UnitGroup], open_units: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``keep`` for :func:`compact` from per-layer gates: ``{layer name: bool mask of open output units}``.
+
+    With one gate per layer (the paper's placement) rather than one per group, a unit of a group is
+    zero everywhere only when every layer that writes it (the group's conv / Linear producers: the
+    stem and each residual branch of a stream) has it closed; so a unit is kept when any of them has it
+    open. A group with a writing layer that has no mask keeps all its units and is left out.
+
+    The compact model carries no gates, so a kept unit that is closed in one of its writers must have
+    that gate baked in before compacting (zero the writer's BatchNorm weight and bias for it, or its
+    weight row and bias when no BatchNorm follows).
+    """
+    keep: dict[str, torch.Tensor] = {}
+    for group in groups:
+        writers = [r.module for r in group.producers if r.kind in ("conv", "linear")]
+        if not group.prunable or not writers or any(w not in open_units for w in writers):
+            continue
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        for w in writers:
+            m = torch.as_tensor(open_units[w]).detach().cpu().flatten()
+            if m.dtype != torch.bool or len(m) != group.size:
+                raise ValueError(
+                    f"open_units[{w!r}] must be a bool mask of length {group.size}, got {m.dtype} of {len(m)}"
+                )
+            mask |= m
+        keep[group.name] = mask
+    return keep
