@@ -226,3 +226,53 @@ def test_grow_through_a_depthwise_conv():
     assert 0 < block[3].weight[32:].abs().max() <= bound
     assert torch.all(block[6].weight[:, 32:] == 0)
     assert (model(x) - before).abs().max() <= 1e-6
+
+
+def test_physical_training_matches_simulated_gated_training():
+    """Physically-sized mode (select_units, then grow) follows the same trajectory as the full-size
+    model whose closed units are gated to zero, step for step (SGD with momentum)."""
+    import copy
+
+    from neuroplastic.structure import select_units
+
+    torch.manual_seed(0)
+    model, x = make("mlp")
+    xs, ys = torch.randn(6, 16, 20), torch.randn(6, 16, 5)
+    open_ = torch.zeros(32, dtype=torch.bool)
+    open_[:10] = True
+    simulated = model
+    gate = open_.float()
+    simulated.fc1.register_forward_hook(lambda m, i, o: o * gate)
+    physical = copy.deepcopy(model)
+    physical.fc1._forward_hooks.clear()
+    select_units(physical, {"fc1": torch.arange(10)}, x)
+    opt_s = torch.optim.SGD(simulated.parameters(), lr=0.1, momentum=0.9)
+    opt_p = torch.optim.SGD(physical.parameters(), lr=0.1, momentum=0.9)
+
+    def step(i):
+        for m, o in ((simulated, opt_s), (physical, opt_p)):
+            o.zero_grad()
+            (m(xs[i]) - ys[i]).square().mean().backward()
+            o.step()
+
+    def same(width):
+        idx = torch.arange(width)
+        assert torch.allclose(physical.fc1.weight, simulated.fc1.weight[idx], atol=1e-6)
+        assert torch.allclose(physical.fc1.bias, simulated.fc1.bias[idx], atol=1e-6)
+        assert torch.allclose(physical.fc2.weight, simulated.fc2.weight[:, idx], atol=1e-6)
+        assert torch.allclose(physical.fc3.weight, simulated.fc3.weight, atol=1e-6)
+
+    for i in range(3):
+        step(i)
+    same(10)
+    # expansion: open units 10..13 in the simulated model, grow 4 units in the physical one
+    grow(physical, "fc1", 4, x, optimizer=opt_p)
+    with torch.no_grad():
+        simulated.fc1.weight[10:14] = physical.fc1.weight[10:14]
+        simulated.fc1.bias[10:14] = physical.fc1.bias[10:14]
+        simulated.fc2.weight[:, 10:14] = 0  # closed units never got gradient: their state is zero
+    assert torch.all(opt_s.state[simulated.fc2.weight]["momentum_buffer"][:, 10:14] == 0)
+    gate[10:14] = 1
+    for i in range(3, 6):
+        step(i)
+    same(14)
