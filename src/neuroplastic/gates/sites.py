@@ -159,7 +159,9 @@ def make_site(model: nn.Module, layer: str, side: str) -> GateSite:
         per_unit = w[0].numel()
         hook = following_norm(model, layer) or layer
     else:
-        n = w.shape[1] * (module.groups if isinstance(module, nn.Conv2d) else 1)
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ValueError(f"cannot gate the inputs of grouped conv {layer!r}: gate its producer's outputs")
+        n = w.shape[1]
         per_unit = w.numel() // n
         hook = layer
     unit_dim = -1 if isinstance(module, nn.Linear) else 1

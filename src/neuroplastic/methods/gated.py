@@ -8,6 +8,7 @@ subclasses that say how a gate is sampled and when a unit counts as open.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,6 +129,43 @@ class UnitGateMethod(CapacityMethod):
     def snapshot(self) -> dict[str, Any]:
         with torch.no_grad():
             return {f"pi/{s.name}": self.keep_prob(s).cpu().numpy().astype("float16") for s in self.sites}
+
+    def eval_gate(self, site: GateSite) -> torch.Tensor:
+        """The gate values of ``site`` in evaluation mode, one per unit (binary ``phi > 0`` by default)."""
+        return (site.gates.phi.detach() > 0).to(site.gates.phi.dtype)
+
+    @torch.no_grad()
+    def compact(self, example_input: torch.Tensor) -> nn.Module:
+        """A plain ``nn.Module`` without gates and without the closed units, computing what the gated
+        model computes in evaluation mode (the model itself is left untouched).
+
+        The evaluation gates are baked into a copy (they scale the following BatchNorm's weight and
+        bias, or the layer's rows for out-gates, and the layer's input columns for in-gates), the hooks
+        and gate parameters are removed from it, and :func:`neuroplastic.structure.compact` slices the
+        closed units out of every coupled tensor. Units that cannot be removed (the network's input
+        features, channels of a residual stream gated per layer) stay, with zero weights.
+        ``example_input`` is one batch of model input, used to trace the model and check the result.
+        """
+        from neuroplastic.structure import compact, trace_unit_groups
+        from neuroplastic.structure.compact import keep_from_layer_masks
+
+        plain = copy.deepcopy(self.model)
+        modules = dict(plain.named_modules())
+        for site in self.sites:
+            z = self.eval_gate(site)
+            target = modules[site.hook_module]
+            if site.side == "in":
+                target.weight.mul_(z.view([1, -1] + [1] * (target.weight.dim() - 2)))
+            else:
+                for tensor in (target.weight, target.bias):
+                    if tensor is not None:
+                        tensor.mul_(z.view([-1] + [1] * (tensor.dim() - 1)))
+            hooks = target._forward_pre_hooks if site.side == "in" else target._forward_hooks
+            hooks.pop(site.handle.id)
+            delattr(modules[site.layer], f"npn_{site.side}")
+        opened = {name: out for name, (_, out) in self.layer_open_masks().items()}
+        groups = trace_unit_groups(plain, example_input)
+        return compact(plain, keep_from_layer_masks(groups, opened), example_input, groups=groups)
 
     def remove(self) -> None:
         """Detach every gate from the model (hooks and gate parameters): the plain model is back."""

@@ -84,6 +84,9 @@ class HardConcrete(UnitGateMethod):
         s = torch.sigmoid(site.gates.phi.detach())
         return torch.clamp(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
 
+    def eval_gate(self, site: GateSite) -> torch.Tensor:
+        return self.test_gates(site)
+
     def open_units(self) -> list[torch.Tensor]:
         return [self.test_gates(s) > 0 for s in self.sites]
 

@@ -237,6 +237,13 @@ class NPN(UnitGateMethod):
         return events
 
     # -- reporting ------------------------------------------------------------------------------
+    def eval_gate(self, site) -> torch.Tensor:
+        phi = site.gates.phi.detach()
+        if self.test_gate == "binary":
+            return (phi > 0).to(phi.dtype)
+        pi = self.gate_fn.prob(phi, self.k)
+        return pi * (pi >= 0.5).to(pi.dtype)
+
     def metrics(self) -> dict[str, Any]:
         return {"k": self.k, "stage": self.stage, **self.architecture()}
 

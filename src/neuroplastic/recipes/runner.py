@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ import yaml
 from torch import nn
 
 from neuroplastic.methods.base import CapacityMethod
-from neuroplastic.metrics import count_flops, layer_flops
+from neuroplastic.metrics import count_flops, count_weights, layer_flops
 from neuroplastic.recipes import registry
 from neuroplastic.recipes.config import RecipeError, apply_overrides, load_recipe_file, scale_epochs, validate
 from neuroplastic.train.checkpoint import seed_everything
 from neuroplastic.train.loop import CHECKPOINT, fit
 from neuroplastic.train.optim import build_optimizer, build_schedule
 
+log = logging.getLogger(__name__)
 RECIPE_DIR = Path(__file__).parent
 RESULTS = "results.json"
 RECIPE_FILE = "recipe.yaml"
@@ -214,7 +216,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     return set() if a == b else {prefix.rstrip(".")}
 
 
-def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
+def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = ()) -> dict[str, Any]:
     """Train (or continue) the prepared run, write ``results.json``, and return its one result object."""
     recipe = prep.recipe
     prep.run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +227,8 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
               run_dir=prep.run_dir, selection=recipe["selection"], select_after=recipe["select_from_epoch"],
-              snapshot_every=recipe["snapshot_every"], resume=prep.resume, progress=progress)
+              snapshot_every=recipe["snapshot_every"], resume=prep.resume, progress=progress,
+              callbacks=callbacks)
     arch = prep.method.architecture()
     flops = live_flops(prep.method, prep.model, prep.input_shape)
     result = {
@@ -250,21 +253,40 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
         "session_seconds": time.perf_counter() - t0,
         "device": str(next(prep.model.parameters()).device),
     }
+    result.update(_save_compact(prep))
     _write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
     return result
+
+
+def _save_compact(prep: Prepared) -> dict[str, Any]:
+    """Gated methods: write the compacted plain model (``compact.pt``, loadable with ``weights_only``).
+
+    A model the structure tracer cannot compact does not cost the run: the reason is recorded instead.
+    """
+    compact = getattr(prep.method, "compact", None)
+    if compact is None:
+        return {}
+    from neuroplastic.structure import save_compact
+
+    x = next(iter(prep.loaders["val"]))[0][:8]
+    try:
+        small = compact(x)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        log.warning("could not compact the model: %s", exc)
+        return {"compact_error": str(exc)}
+    save_compact(small, prep.run_dir / "compact.pt")
+    return {"compact_file": "compact.pt", "compact_weights": count_weights(small),
+            "compact_flops": count_flops(small, prep.input_shape)}
 
 
 def live_flops(method: CapacityMethod, model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Forward FLOPs per example of the live network: closed units and masked weights cost nothing.
 
-    Gated methods: the dense FLOPs of ``method.compact()`` when it exists, else every layer's dense
-    FLOPs times its open fraction of outputs times its open fraction of inputs (``layer_open_masks``,
-    exact for Linear and ungrouped Conv layers); mask methods: their ``flops_sparse_inference``
-    metric; any other method: the model's dense FLOPs.
+    Gated methods: every layer's dense FLOPs times its open fraction of outputs times its open fraction
+    of inputs (``layer_open_masks``, exact for Linear and ungrouped Conv layers, per input feature: finer
+    than the compacted model, which keeps features it cannot remove, e.g. the network's inputs);
+    mask methods: their ``flops_sparse_inference`` metric; any other method: the model's dense FLOPs.
     """
-    compact = getattr(method, "compact", None)
-    if compact is not None:
-        return count_flops(compact(), input_shape)
     open_masks = getattr(method, "layer_open_masks", None)
     if open_masks is not None:
         masks = open_masks()
