@@ -50,7 +50,7 @@ def test_compact_equals_gated_eval_output(name, kwargs, gates, shape):
     assert count_weights(small) < count_weights(model)
     assert count_weights(small) >= npn.live_weights() or name == "resnet20"
     # the original gated model is untouched
-    assert split_param_groups(model)[1] and npn.sites[0].handle is not None
+    assert split_param_groups(model)[1] and npn.sites[0].handles
 
 
 def test_compact_lenet5_counts_the_open_channels(tmp_path):
@@ -88,3 +88,45 @@ def test_hard_concrete_compacts_with_its_soft_eval_gates():
     small.eval()
     assert torch.allclose(small(x), model(x), atol=1e-5)
     assert count_weights(small) < count_weights(model)
+
+
+class _Concat(nn.Module):
+    """A DenseNet-style block: two convs concatenated, then a conv and a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(4)
+        self.b = nn.Conv2d(3, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(9)
+        self.c = nn.Conv2d(9, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.bn_a(self.a(x))), self.b(x)], 1)
+        y = torch.relu(self.c(torch.relu(self.bn(y))))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("factory, shape", [(lambda: get_model("resnet20"), (3, 32, 32)), (_Concat, (3, 8, 8))])
+def test_group_gates_prune_residual_streams_and_concat_slices(factory, shape):
+    torch.manual_seed(0)
+    model = factory()
+    x, y = torch.randn(8, *shape), torch.randint(0, 3, (8,))
+    npn = NPN(model, k=7, gates="groups", example_input=x, stages=None, lam=1e-4)
+    assert all(s.side == "group" for s in npn.sites)
+    _train_a_little(model, npn, x, y)
+    _close_randomly(npn, seed=1)
+    model.eval()
+    small = npn.compact(x)
+    small.eval()
+    assert torch.allclose(small(x), model(x), atol=1e-5)
+    assert count_weights(small) < count_weights(model)
+    if factory is not _Concat:  # the residual stream of the first stage is one gated group
+        stream = next(s for s in npn.sites if len(s.hooks) > 2)
+        assert small.conv1.out_channels == int(npn.open_units()[npn.sites.index(stream)].sum())
+
+
+def test_group_gates_need_an_example_input():
+    with pytest.raises(ValueError, match="example_input"):
+        NPN(get_model("resnet20"), gates="groups")
