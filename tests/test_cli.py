@@ -83,13 +83,22 @@ def test_plot_without_the_plots_module_is_a_clear_error(capsys, monkeypatch):
     assert code == 2 and "neuroplastic.plots.cli is not part of this build" in err
 
 
+def test_plot_hands_every_argument_to_the_plots_module(capsys, monkeypatch):
+    seen = []
+    monkeypatch.setitem(sys.modules, "neuroplastic.plots.cli", SimpleNamespace(main=lambda a: seen.append(a) or 3))
+    assert _main(capsys, "plot", "runs/x", "--what", "arch")[0] == 3
+    assert _main(capsys, "plot", "--help")[0] == 3
+    assert seen == [["runs/x", "--what", "arch"], ["--help"]]
+
+
 def test_dispatcher_table_and_no_command(capsys):
     assert [c.name for c in COMMANDS][:3] == ["run", "recipes", "plot"]
     code, _, err = _main(capsys)
     assert code == 2 and "COMMAND" in err
-    with pytest.raises(SystemExit) as exc:
-        main(["frobnicate"])
-    assert exc.value.code == 2
+    for argv in (["frobnicate"], ["recipes", "--bogus"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
 
 
 def test_console_entry_point_exit_code_and_no_traceback(tmp_path):

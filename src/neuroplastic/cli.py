@@ -31,6 +31,9 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     handler: Callable[[argparse.Namespace], int]
+    #: hand every argument after the command name to the handler untouched (``args.args``), options and
+    #: ``--help`` included: for commands whose own parser lives elsewhere (``plot``)
+    pass_through: bool = False
 
 
 def _fail(command: str, message: object) -> int:
@@ -139,7 +142,7 @@ COMMANDS: list[Command] = [
     Command("demo", "the NPN paper's moons experiment, sparsify and expand, with pictures", _configure_demo, _demo),
     Command("run", "train a recipe into a run folder (results.json, history, checkpoints)", _configure_run, _run),
     Command("recipes", "list the shipped recipes, one line each", _configure_recipes, _recipes),
-    Command("plot", "draw the pictures of a run folder", _configure_plot, _plot),
+    Command("plot", "draw the pictures of a run folder", _configure_plot, _plot, pass_through=True),
 ]
 
 
@@ -148,16 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuroplastic", description="Networks that change their capacity.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           add_help=not command.pass_through)
         command.configure(p)
-        p.set_defaults(handler=command.handler)
+        p.set_defaults(handler=command.handler, pass_through=command.pass_through)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``neuroplastic`` script; returns the exit code (argparse errors exit with 2)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "pass_through", False):
+        args.args = [*args.args, *extra]  # options argparse set aside, e.g. ``plot --help``
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
