@@ -163,6 +163,20 @@ class MaskMethod(CapacityMethod):
             moved += n
         return moved
 
+    def prune_global(self, count: int) -> None:
+        """Keep the ``count`` active weights of largest |w| over all masked layers (no-op if fewer)."""
+        if count < sum(self.engine.nnz().values()):
+            weights = {n: self.engine.weight(n) for n in self.engine.masks}
+            self.engine.set_masks(global_magnitude_masks(weights, self.engine.masks, count=count))
+
+    def prune_layers(self, counts: dict[str, int]) -> None:
+        """Keep the ``counts[name]`` active weights of largest |w| in each layer (no-op where fewer)."""
+        for name, keep in counts.items():
+            mask = self.engine.masks[name]
+            n = int(mask.sum()) - keep
+            if n > 0:
+                self.engine.set_mask(name, drop_by_magnitude(self.engine.weight(name), mask, n))
+
     def grow(self, name: str, mask: torch.Tensor, n: int) -> torch.Tensor:
         """Activate ``n`` inactive entries of ``mask`` for layer ``name`` (the growth criterion)."""
         raise NotImplementedError
@@ -388,18 +402,12 @@ class GMP(MaskMethod):
         target = self.schedule(step)
         before = self.engine.density()
         if self.distribution == "global":
-            count = kept_count(target, sum(self.engine.numel().values()))
-            if count < sum(self.engine.nnz().values()):
-                weights = {n: self.engine.weight(n) for n in self.engine.masks}
-                self.engine.set_masks(global_magnitude_masks(weights, self.engine.masks, count=count))
+            self.prune_global(kept_count(target, sum(self.engine.numel().values())))
         else:
             span = self.schedule.init_density - self.schedule.final_density
             ratio = 0.0 if span == 0 else (target - self.schedule.final_density) / span  # (1 - frac)^3
-            for name, mask in self.engine.masks.items():
-                d = self._final_layer[name] + (self._init_layer[name] - self._final_layer[name]) * ratio
-                n = int(mask.sum()) - kept_count(d, mask.numel())
-                if n > 0:
-                    self.engine.set_mask(name, drop_by_magnitude(self.engine.weight(name), mask, n))
+            dens = {n: f + (self._init_layer[n] - f) * ratio for n, f in self._final_layer.items()}
+            self.prune_layers({n: kept_count(d, self.engine.masks[n].numel()) for n, d in dens.items()})
         if self.engine.density() < before:
             self._event("prune", target_density=target)
 
