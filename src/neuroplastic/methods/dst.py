@@ -264,22 +264,46 @@ class MaskMethod(CapacityMethod):
         self._flops_sum = float(state["flops_sum"])
 
     @classmethod
+    def option_names(cls) -> dict[str, inspect.Parameter]:
+        """The constructor options of ``cls`` (its own and those its bases take through ``**kw``)."""
+        options: dict[str, inspect.Parameter] = {}
+        for klass in reversed(cls.__mro__):
+            if isinstance(klass, type) and issubclass(klass, MaskMethod) and "__init__" in vars(klass):
+                for name, par in inspect.signature(klass.__init__).parameters.items():
+                    if par.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("epochs", "steps_per_epoch"):
+                        options[name] = par
+        return options
+
+    @classmethod
     def from_recipe(
         cls, model: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int, **options: Any
     ) -> MaskMethod:
         """Build from a recipe's ``method`` options (unknown options are an error naming the allowed ones)."""
-        # every constructor up the chain (subclasses pass **kw on to MaskMethod)
-        allowed = {
-            p
-            for klass in cls.__mro__
-            if isinstance(klass, type) and issubclass(klass, MaskMethod)
-            for p, par in inspect.signature(klass.__init__).parameters.items()
-            if par.kind is inspect.Parameter.KEYWORD_ONLY
-        } - {"epochs", "steps_per_epoch"}
-        unknown = set(options) - allowed
+        allowed = cls.option_names()
+        unknown = set(options) - set(allowed)
         if unknown:
             raise ValueError(f"unknown options for {cls.name}: {sorted(unknown)}; allowed: {sorted(allowed)}")
         return cls(model, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch, **options)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Give each subclass a from_recipe whose signature lists its options, so that a recipe runner can
+        # check option names (and pass the recipe's seed) by introspection, without instantiating.
+        super().__init_subclass__(**kwargs)
+        if "from_recipe" in vars(cls):
+            return
+        base = MaskMethod.from_recipe.__func__
+
+        def from_recipe(klass, model, optimizer, *, epochs, steps_per_epoch, **options):
+            return base(klass, model, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch, **options)
+
+        kw = inspect.Parameter.KEYWORD_ONLY
+        pos = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params = [inspect.Parameter(n, pos) for n in ("cls", "model", "optimizer")]
+        params += [inspect.Parameter(n, kw) for n in ("epochs", "steps_per_epoch")]
+        params += [p.replace(annotation=inspect.Parameter.empty) for p in cls.option_names().values()]
+        from_recipe.__signature__ = inspect.Signature(params)
+        from_recipe.__doc__ = base.__doc__
+        cls.from_recipe = classmethod(from_recipe)
 
 
 class Static(MaskMethod):
