@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -17,6 +18,7 @@ from neuroplastic.data import (
     DATASETS,
     ChecksumError,
     DatasetNotFoundError,
+    DataSplits,
     list_datasets,
     load_dataset,
     resolve_data_dir,
@@ -93,7 +95,7 @@ def test_split_indices_partition_and_seed():
     assert len(split_indices(100, 0, seed=0)[1]) == 0
 
 
-@pytest.mark.parametrize("bad", [-1, 100, 1.0, -0.1, "10", True])
+@pytest.mark.parametrize("bad", [-1, 100, 1.0, -0.1, "10", True, 0.999])
 def test_split_indices_rejects_bad_sizes(bad):
     with pytest.raises((ValueError, TypeError), match="val_size"):
         split_indices(100, bad, seed=0)
@@ -246,3 +248,114 @@ def test_parse_idx_hand_built():
         parse_idx(b"\x01" + raw[1:])
     with pytest.raises(ValueError, match="shape"):
         parse_idx(raw[:-1])
+
+
+def _fake_cifar10_archive(tmp_path: Path, members: dict[str, bytes] | None = None) -> Path:
+    """A tar.gz laid out like cifar-10-python.tar.gz, with one 2-image batch per file."""
+    import tarfile
+
+    source = tmp_path / "source" / "cifar-10-batches-py"
+    source.mkdir(parents=True)
+    for i, f in enumerate(DATASETS["cifar10"].files):
+        _write_batch(source / f.name, np.full((2, 3072), i, dtype=np.uint8), [i, 9 - i], "labels", True)
+    archive = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="cifar-10-batches-py")
+        for name, content in (members or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return archive
+
+
+def _serve(monkeypatch, archive: Path, md5: str) -> list[str]:
+    """Make the cifar10 spec point at ``archive`` (with MD5 ``md5``, batch MD5s unchecked) and serve it."""
+    spec = DATASETS["cifar10"]
+    monkeypatch.setitem(DATASETS, "cifar10", replace(
+        spec, files=tuple(replace(f, md5=None) for f in spec.files), archive=replace(spec.archive, md5=md5)))
+    calls = []
+
+    def mirror(url, dest, timeout=0):
+        calls.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(archive, dest)
+
+    monkeypatch.setattr(download_module, "download_url", mirror)
+    return calls
+
+
+def test_cifar10_archive_is_downloaded_checked_and_extracted(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path)
+    calls = _serve(monkeypatch, archive, download_module.md5sum(archive))
+    data_dir = tmp_path / "data"
+    split = load_dataset("cifar10", data_dir=data_dir, val_size=0)
+    assert calls == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    assert split.train_y.tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5] and split.test_y.tolist() == [5, 4]
+    assert float(split.test_x.max()) * 255 == pytest.approx(5)
+    load_dataset("cifar10", data_dir=data_dir, val_size=0)  # present now: no second download
+    assert len(calls) == 1
+
+
+def test_cifar10_archive_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path)
+    _serve(monkeypatch, archive, "0" * 32)
+    with pytest.raises(DatasetNotFoundError, match="wrong MD5"):
+        load_dataset("cifar10", data_dir=tmp_path / "data")
+    assert not (tmp_path / "data" / "cifar-10-python.tar.gz").exists()
+
+
+def test_archive_members_outside_the_data_dir_are_refused(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path, members={"../escape.txt": b"x"})
+    _serve(monkeypatch, archive, download_module.md5sum(archive))
+    with pytest.raises(ValueError, match="escape.txt"):
+        load_dataset("cifar10", data_dir=tmp_path / "data")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_subset_missing_message_says_where_it_comes_from(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="no public mirror") as info:
+        load_dataset("cifar10-subset", data_dir=tmp_path)
+    assert str(tmp_path / "cifar-10-subset" / "cifar-10-batches-py") in str(info.value)
+    assert "local subset" in str(info.value)
+
+
+def _tiny_splits(with_val: bool = True) -> DataSplits:
+    x = torch.rand(10, 3, 8, 8)
+    y = torch.arange(10) % 3
+    return DataSplits(
+        name="tiny", train_x=x[:6], train_y=y[:6], val_x=x[6:8] if with_val else None,
+        val_y=y[6:8] if with_val else None, test_x=x[8:], test_y=y[8:], num_classes=3, input_shape=(3, 8, 8),
+        mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), augmentation={"crop_padding": 2, "hflip": True},
+    )
+
+
+def test_train_loader_uses_the_usual_augmentation_and_options_override_it():
+    splits = _tiny_splits()
+    loader = splits.train_loader(4, seed=1)
+    assert (loader.shuffle, loader.crop_padding, loader.hflip, loader.cutout) == (True, 2, True, 0)
+    assert loader.mean.tolist() == pytest.approx([0.5, 0.4, 0.3])
+    plain = splits.train_loader(4, augment=False, normalize=False, cutout=3, drop_last=True)
+    assert (plain.crop_padding, plain.hflip, plain.cutout, plain.mean, len(plain)) == (0, False, 3, None, 1)
+
+
+def test_eval_loader_is_ordered_normalised_and_unaugmented():
+    splits = _tiny_splits()
+    (xb, yb), = list(splits.eval_loader("test", batch_size=100))
+    expected = (splits.test_x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2
+    assert torch.allclose(xb, expected) and torch.equal(yb, splits.test_y)
+    assert torch.equal(next(iter(splits.eval_loader("val", normalize=False)))[0], splits.val_x)
+    with pytest.raises(ValueError, match="split must be one of"):
+        splits.eval_loader("validation")
+    with pytest.raises(ValueError, match="val_size=0"):
+        _tiny_splits(with_val=False).eval_loader("val")
+
+
+def test_an_archive_put_by_hand_is_extracted_without_network(tmp_path, monkeypatch):
+    archive = _fake_cifar10_archive(tmp_path)
+    calls = _serve(monkeypatch, archive, download_module.md5sum(archive))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(archive, data_dir / archive.name)
+    split = load_dataset("cifar10", data_dir=data_dir, val_size=0, download=False)
+    assert len(split.train_y) == 10 and calls == []

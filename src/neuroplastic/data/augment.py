@@ -25,15 +25,13 @@ def random_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, padding:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if padding == 0:
         return x
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     mode = "constant" if padding_mode == "zeros" else "reflect"
     padded = F.pad(x, (padding, padding, padding, padding), mode=mode)
-    # gather each example's window with one advanced-indexing call
-    rows = top.view(n, 1) + torch.arange(h, device=x.device)  # n x h
-    cols = left.view(n, 1) + torch.arange(w, device=x.device)  # n x w
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, chans, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    # every h x w window of the padded images, as a view: n x c x (2p+1) x (2p+1) x h x w
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+    # pick each example's own window; indices on dims 0, 2, 3 put the batch dim first: n x c x h x w
+    return windows[torch.arange(n, device=x.device), :, top, left]
 
 
 def horizontal_flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     urls: tuple[str, ...] = ()
     archive: Archive | None = None
-    downloadable: bool = True
+    hint: str = ""  # added to the missing-file message
     # the usual training augmentation of the data set (TensorLoader keyword arguments)
     augmentation: tuple[tuple[str, object], ...] = ()
 
@@ -124,7 +124,9 @@ DATASETS: dict[str, DatasetSpec] = {
         folder="cifar-10-subset/cifar-10-batches-py",
         files=tuple(RemoteFile(n, None) for n in (*_CIFAR10_BATCHES, "batches.meta")),
         read=_read_cifar10, num_classes=10, input_shape=(3, 32, 32),
-        mean=_CIFAR10_MEAN, std=_CIFAR10_STD, downloadable=False, augmentation=_CIFAR_AUGMENT,
+        mean=_CIFAR10_MEAN, std=_CIFAR10_STD, augmentation=_CIFAR_AUGMENT,
+        hint="cifar10-subset is a local subset with no download: copy the project's shared "
+             "data/cifar-10-subset folder into the data directory, or use that data folder as data_dir.",
     ),
 }
 
@@ -150,10 +152,10 @@ class DataSplits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augmentation: dict[str, object]
+    augmentation: dict[str, object] = field(default_factory=dict)
 
     def train_loader(self, batch_size: int, seed: int = 0, normalize: bool = True, augment: bool = True,
                      **options) -> TensorLoader:
@@ -200,6 +202,8 @@ def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tenso
         if not 0.0 <= val_size < 1.0:
             raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
         count = round(val_size * n)
+        if count >= n:
+            raise ValueError(f"val_size={val_size} of {n} examples leaves no training example")
     else:
         if not 0 <= val_size < n:
             raise ValueError(f"val_size as a count must be in [0, {n}) for this training set, got {val_size}")
@@ -256,7 +260,7 @@ def load_dataset(
     root = resolve_data_dir(data_dir)
     paths = ensure_files(
         name, root / spec.folder, spec.files, urls=spec.urls, archive=spec.archive, data_dir=root,
-        download=download and spec.downloadable,
+        download=download, hint=spec.hint,
     )
     train_x, train_y, test_x, test_y = spec.read([str(p) for p in paths])
     train_y, test_y = train_y.astype(np.int64), test_y.astype(np.int64)  # IDX labels are uint8

@@ -137,7 +137,10 @@ def _safe_extract(archive: Path, into: Path) -> None:
                 raise ValueError(f"refusing to extract {member.name!r} from {archive}: it leaves {into}")
             if not (member.isfile() or member.isdir()):
                 raise ValueError(f"refusing to extract {member.name!r} from {archive}: not a plain file")
-        tar.extractall(into)
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.12 (and recent 3.10/3.11 patch releases)
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)
 
 
 def ensure_files(
@@ -149,6 +152,7 @@ def ensure_files(
     archive: Archive | None = None,
     data_dir: Path | None = None,
     download: bool = True,
+    hint: str = "",
 ) -> list[Path]:
     """Make sure every file of a data set is present in ``folder`` and has its published MD5.
 
@@ -169,6 +173,8 @@ def ensure_files(
         The data directory (needed with ``archive``).
     download
         If False, never touch the network.
+    hint
+        A sentence added to the missing-file message (e.g. where a local-only data set comes from).
 
     Returns
     -------
@@ -177,31 +183,34 @@ def ensure_files(
     paths = [folder / f.name for f in files]
     missing = [f for f, p in zip(files, paths, strict=True) if not p.exists()]
     failures: list[str] = []
-    if missing and download:
-        if archive is not None:
-            if data_dir is None:
-                raise ValueError("ensure_files: data_dir is required when archive is given")
-            tar_path = data_dir / archive.filename
-            failures = [] if tar_path.exists() else _fetch(archive.urls, tar_path, archive.md5)
-            if tar_path.exists():
-                verify_md5(tar_path, archive.md5)
-                _safe_extract(tar_path, data_dir)
-        else:
-            for f in missing:
-                failures += _fetch([base + f.name for base in urls], folder / f.name, f.md5)
-        missing = [f for f, p in zip(files, paths, strict=True) if not p.exists()]
+    if missing and archive is not None:
+        if data_dir is None:
+            raise ValueError("ensure_files: data_dir is required when archive is given")
+        tar_path = data_dir / archive.filename
+        if not tar_path.exists() and download:
+            failures = _fetch(archive.urls, tar_path, archive.md5)
+        if tar_path.exists():  # downloaded now, or put there by hand: check it, then extract it
+            verify_md5(tar_path, archive.md5)
+            _safe_extract(tar_path, data_dir)
+    elif missing and download:
+        for f in missing:
+            failures += _fetch([base + f.name for base in urls], folder / f.name, f.md5)
+    missing = [f for f, p in zip(files, paths, strict=True) if not p.exists()]
     if missing:
         names = "\n".join(f"  {f.name}" for f in missing)
-        how = "downloading was disabled" if not download else "no mirror could be reached"
+        if not (urls or archive):
+            how = "it has no public mirror"
+        else:
+            how = "no mirror could be reached" if download else "downloading was disabled"
         tried = ("\nDownload attempts:\n  " + "\n  ".join(failures)) if failures else ""
-        where = f"\n(or get {archive.filename} from {archive.urls[0]} and extract it in {data_dir})" if (
-            archive is not None
-        ) else ""
+        where = ""
+        if archive is not None:
+            where = f"\n(or put {archive.filename} from {archive.urls[0]} in {data_dir}; it is extracted)"
         raise DatasetNotFoundError(
             f"data set {dataset!r}: {len(missing)} file(s) missing and {how}.\n"
             f"Put these files in the folder {folder}:\n{names}{where}\n"
             f"(The data directory is chosen by the data_dir argument / --data-dir, else the environment "
-            f"variable {ENV_VAR}, else {default_data_dir()}.){tried}"
+            f"variable {ENV_VAR}, else {default_data_dir()}.){tried}" + (f"\n{hint}" if hint else "")
         )
     for f, p in zip(files, paths, strict=True):
         if f.md5 is not None:

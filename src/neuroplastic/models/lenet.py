@@ -34,14 +34,10 @@ class MLP(nn.Module):
 
 
 @register_model("mlp")
-def mlp(num_classes: int = 2, in_channels: int = 1, in_features: int | None = 100,
-        hidden: Sequence[int] = (80,), input_size: int = 28) -> MLP:
-    """A generic MLP; the default is NPN's moons net 100-80-2.
-
-    ``in_features=None`` means ``in_channels * input_size**2`` (flattened images).
-    """
-    if in_features is None:
-        in_features = in_channels * input_size * input_size
+def mlp(num_classes: int = 2, in_features: int = 100, hidden: Sequence[int] = (80,)) -> MLP:
+    """A generic MLP; the default is NPN's moons net 100-80-2. Images are flattened, so give
+    ``in_features = channels * height * width`` for them (e.g. 784 for MNIST). It takes no
+    ``in_channels``: an MLP knows only its flattened input width."""
     return MLP(in_features, hidden, num_classes)
 
 

@@ -1,7 +1,9 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2): ResNet-20/32/56 and the LpSS demo net.
+"""ResNets with a CIFAR stem (a 3x3 conv, no max-pool): ResNet-20/32/56, the LpSS demo net, ResNet-18/50.
 
-Three stages of :class:`BasicBlock` with widths 16/32/64 (scaled by ``width``), a 3x3 stem, global
-average pooling and one Linear. Inputs of any size work (28x28 one-channel inputs included).
+ResNet-20/32/56 (He et al. 2016, section 4.2) have three stages of :class:`BasicBlock` with widths
+16/32/64; ResNet-18 and ResNet-50 have four stages of widths 64..512 (BasicBlock, resp.
+:class:`Bottleneck`), as used for CIFAR in the sparse-training literature. All end with global average
+pooling and one Linear, so inputs of any size work (28x28 one-channel inputs included).
 """
 
 from __future__ import annotations
@@ -71,6 +73,37 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
+class Bottleneck(nn.Module):
+    """``conv1 (1x1) -> bn1 -> relu1 -> conv2 (3x3, stride) -> bn2 -> relu2 -> conv3 (1x1, 4x) -> bn3``,
+    plus the shortcut, then ``relu3``. Output width is ``4 * channels``."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1,
+                 shortcut: str = "projection") -> None:
+        super().__init__()
+        out = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(channels, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.shortcut = make_shortcut(in_channels, out, stride, shortcut)
+        self.relu3 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu3(out + self.shortcut(x))
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
 def make_shortcut(in_channels: int, out_channels: int, stride: int, kind: str) -> nn.Module:
     """Identity if the shape is kept, else a projection (1x1 conv + BN) or an option-A shortcut."""
     if kind not in SHORTCUTS:
@@ -95,16 +128,21 @@ class CifarResNet(nn.Module):
         Channels per stage; the stem has ``widths[0]`` channels. Stages after the first use stride 2.
     shortcut
         ``"projection"`` (1x1 conv + BN where the shape changes) or ``"A"`` (subsample + zero channels).
+    block
+        ``"basic"`` (:class:`BasicBlock`) or ``"bottleneck"`` (:class:`Bottleneck`, output 4x wider).
     """
 
     def __init__(self, blocks: Sequence[int], widths: Sequence[int] = (16, 32, 64), num_classes: int = 10,
-                 in_channels: int = 3, shortcut: str = "projection") -> None:
+                 in_channels: int = 3, shortcut: str = "projection", block: str = "basic") -> None:
         super().__init__()
         if len(blocks) != len(widths) or not blocks or min(blocks) < 1 or min(widths) < 1:
             raise ValueError(f"blocks and widths must be non-empty, of equal length and >= 1, "
                              f"got blocks={tuple(blocks)}, widths={tuple(widths)}")
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {block!r}")
+        block_class = BLOCKS[block]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
@@ -113,8 +151,8 @@ class CifarResNet(nn.Module):
             layers = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(BasicBlock(channels, width, stride, shortcut))
-                channels = width
+                layers.append(block_class(channels, width, stride, shortcut))
+                channels = width * block_class.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
         self.num_stages = len(blocks)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -157,3 +195,16 @@ def wrn_lpss(num_classes: int = 10, in_channels: int = 1) -> CifarResNet:
     """The LpSS demo net for Fashion-MNIST: BasicBlocks [2, 3, 3], widths 16/32/64, projection
     shortcuts, 1 input channel; 267,514 parameters with 10 classes."""
     return CifarResNet((2, 3, 3), (16, 32, 64), num_classes, in_channels, "projection")
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """ResNet-18 with the CIFAR stem: BasicBlocks [2, 2, 2, 2], widths 64/128/256/512."""
+    return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, in_channels, "projection", "basic")
+
+
+@register_model("resnet50")
+def resnet50(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """ResNet-50 with the CIFAR stem: Bottlenecks [3, 4, 6, 3], widths 64..512 (x4 at the outputs)."""
+    widths = (64, 128, 256, 512)
+    return CifarResNet((3, 4, 6, 3), widths, num_classes, in_channels, "projection", "bottleneck")
