@@ -200,6 +200,19 @@ def test_reports():
     arch = m.architecture()
     assert arch["params"] == 54 + sum(m.engine.nnz().values()) and arch["params_dense"] == 54 + 6912 + 128
     assert set(m.snapshot()) == {"density/3", "density/5"}
+    m.engine.set_mask("5", torch.zeros(4, 32, dtype=torch.bool))  # the FLOPs follow a mask change
+    assert m.metrics()["flops_sparse_inference"] == pytest.approx(3888 + 13824 * d["3"])
+
+
+def test_training_flops_mean_falls_behind_during_dense_to_sparse():
+    model = net()
+    opt = sgd(model)
+    g = make(GMP, model, opt, final_density=0.1, final_prune_epoch=2, input_shape=(1, 8, 8))
+    dense = g.metrics()["flops_sparse_training"]
+    assert dense == 3 * (3888 + 13824 + 256)
+    train(model, opt, g, 30)
+    met = g.metrics()
+    assert met["flops_sparse_training"] < met["flops_sparse_training_mean"] < dense
     assert "flops_sparse_inference" in make(Static, net(), None, density=0.5).metrics()
 
 

@@ -69,6 +69,8 @@ class MaskEngine:
         ``{module name: module}`` for the masked layers, in registration order.
     ever_active:
         ``{module name: bool tensor}``: entries that were active at any time (ITOP exploration).
+    version:
+        Counter incremented at every mask change (cache key for quantities derived from the masks).
     """
 
     def __init__(
@@ -114,6 +116,8 @@ class MaskEngine:
             n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()
         }
         self.ever_active: dict[str, torch.Tensor] = {n: m.clone() for n, m in self.masks.items()}
+        #: incremented whenever a mask changes, so that callers can cache what they derive from masks
+        self.version = 0
 
     # -- access ------------------------------------------------------------------------------------
     def weight(self, name: str) -> torch.Tensor:
@@ -166,6 +170,7 @@ class MaskEngine:
             t.mul_(new_mask)
         self.masks[name] = new_mask
         self.ever_active[name] |= new_mask
+        self.version += 1
 
     def set_masks(self, masks: dict[str, torch.Tensor], *, zero_grown: bool = True) -> None:
         """:meth:`set_mask` for every entry of ``masks``."""
@@ -217,4 +222,5 @@ class MaskEngine:
             self.masks[n] = m.to(device=self.masks[n].device, dtype=torch.bool).clone()
         for n, m in state["ever_active"].items():
             self.ever_active[n] = m.to(device=self.masks[n].device, dtype=torch.bool).clone()
+        self.version += 1
         self.apply()

@@ -131,6 +131,7 @@ class MaskMethod(CapacityMethod):
         example = example_input if example_input is not None else input_shape
         self._flops = layer_flops(self.model, example) if example is not None else None
         self._flops_sum = 0.0  # sum over steps of the per-example training FLOPs, for the mean
+        self._flops_cache: tuple[int, float | None] = (-1, None)  # (engine.version, inference FLOPs)
 
     # -- helpers for subclasses ------------------------------------------------------------------------
     def _total_steps(self, who: str) -> int:
@@ -201,8 +202,12 @@ class MaskMethod(CapacityMethod):
     def _inference_flops(self) -> float | None:
         if self._flops is None:
             return None
-        dens = self.engine.layer_density()
-        return float(sum(f * dens.get(n, 1.0) for n, f in self._flops.items()))
+        # recomputed only when a mask changed: counting nnz synchronises with an accelerator
+        if self._flops_cache[0] != self.engine.version:
+            dens = self.engine.layer_density()
+            value = float(sum(f * dens.get(n, 1.0) for n, f in self._flops.items()))
+            self._flops_cache = (self.engine.version, value)
+        return self._flops_cache[1]
 
     def _training_flops(self) -> float | None:
         inf = self._inference_flops()
