@@ -24,35 +24,24 @@ def test_recipes_lists_every_shipped_recipe_with_its_description(capsys):
     assert code == 0
     lines = out.splitlines()
     assert len(lines) == len(shipped_recipes()) >= 9
-    for name in (
-        "npn-mnist-lenet5-sparse",
-        "npn-mnist-lenet5-expand",
-        "npn-cifar10-resnet56-sparse",
-        "npn-cifar10-resnet56-expand",
-        "npn-cifar100-resnet56-sparse",
-        "npn-cifar100-resnet56-expand",
-        "npn-moons-sparse",
-        "npn-moons-expand",
-        "dense-mnist-lenet5",
-    ):
+    for name in ("npn-mnist-lenet5-sparse", "npn-mnist-lenet5-expand", "npn-cifar10-resnet56-sparse",
+                 "npn-cifar10-resnet56-expand", "npn-cifar100-resnet56-sparse", "npn-cifar100-resnet56-expand",
+                 "npn-moons-sparse", "npn-moons-expand", "dense-mnist-lenet5"):
         line = next(s for s in lines if s.split()[0] == name)
         assert len(line.split(None, 1)[1]) > 20  # a description follows the name
     code, out, _ = _main(capsys, "recipes", "npn-mnist-lenet5-sparse")
     assert code == 0 and "name: npn-mnist-lenet5-sparse" in out and "stages:" in out
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["run", "npn-mnist-lenet5-sparse", "data.batchsize=3"], r"unknown key(s) ['batchsize'] in data; valid keys"),
-        (["run", "npn-mnist-lenet5-sparse", "data.batch_size=0"], "data.batch_size must be >= 1, got 0"),
-        (["run", "npn-mnist-lenet5-sparse", "method.k=-1"], "k must be > 0, got -1"),
-        (["run", "npn-mnist-lenet5-sparse", "method.gates={nope: out}"], "nope"),
-        (["run", "no-such-recipe"], "no recipe 'no-such-recipe'"),
-        (["run", "npn-mnist-lenet5-sparse", "epochs"], "key=value"),
-        (["run", "dense-mnist-lenet5", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
-    ],
-)
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "npn-mnist-lenet5-sparse", "data.batchsize=3"], r"unknown key(s) ['batchsize'] in data; valid keys"),
+    (["run", "npn-mnist-lenet5-sparse", "data.batch_size=0"], "data.batch_size must be >= 1, got 0"),
+    (["run", "npn-mnist-lenet5-sparse", "method.k=-1"], "k must be > 0, got -1"),
+    (["run", "npn-mnist-lenet5-sparse", "method.gates={nope: out}"], "nope"),
+    (["run", "no-such-recipe"], "no recipe 'no-such-recipe'"),
+    (["run", "npn-mnist-lenet5-sparse", "epochs"], "key=value"),
+    (["run", "dense-mnist-lenet5", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
+])
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch, argv, message):
     # MNIST-shaped stand-in data: the method's own checks run after the data is loaded
     splits = SimpleNamespace(num_classes=10, input_shape=(1, 28, 28))
@@ -65,16 +54,8 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch, argv, me
 
 def test_missing_or_unknown_data_set_exits_2(capsys, tmp_path):
     # the CIFAR-10 subset is never downloaded, so this fails at once, without the network
-    code, _, err = _main(
-        capsys,
-        "run",
-        "npn-cifar10-resnet56-sparse",
-        "data.name=cifar10-subset",
-        "--out",
-        str(tmp_path / "run"),
-        "--data-dir",
-        str(tmp_path),
-    )
+    code, _, err = _main(capsys, "run", "npn-cifar10-resnet56-sparse", "data.name=cifar10-subset",
+                         "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path))
     # the data layer's message is one message over several lines (it lists the missing files)
     assert code == 2 and err.startswith("neuroplastic run: error: ") and "data_batch_1" in err
     assert "Traceback" not in err
@@ -113,21 +94,7 @@ def test_dispatcher_table_and_no_command(capsys):
 
 def test_console_entry_point_exit_code_and_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neuroplastic.cli",
-            "run",
-            "dense-mnist-lenet5",
-            "seed=-3",
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = subprocess.run([sys.executable, "-m", "neuroplastic.cli", "run", "dense-mnist-lenet5", "seed=-3",
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "seed must be >= 0, got -3" in proc.stderr

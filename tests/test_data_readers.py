@@ -31,12 +31,8 @@ from neuroplastic.data.idx import parse_idx, read_idx
 # Published per-class counts of MNIST (digits 0..9).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-MNIST_FILES = [
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-]
+MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
 def _shared_data() -> Path:
@@ -276,11 +272,8 @@ def _fake_cifar10_archive(tmp_path: Path, members: dict[str, bytes] | None = Non
 def _serve(monkeypatch, archive: Path, md5: str) -> list[str]:
     """Make the cifar10 spec point at ``archive`` (with MD5 ``md5``, batch MD5s unchecked) and serve it."""
     spec = DATASETS["cifar10"]
-    monkeypatch.setitem(
-        DATASETS,
-        "cifar10",
-        replace(spec, files=tuple(replace(f, md5=None) for f in spec.files), archive=replace(spec.archive, md5=md5)),
-    )
+    monkeypatch.setitem(DATASETS, "cifar10", replace(
+        spec, files=tuple(replace(f, md5=None) for f in spec.files), archive=replace(spec.archive, md5=md5)))
     calls = []
 
     def mirror(url, dest, timeout=0):
@@ -331,18 +324,9 @@ def _tiny_splits(with_val: bool = True) -> DataSplits:
     x = torch.rand(10, 3, 8, 8)
     y = torch.arange(10) % 3
     return DataSplits(
-        name="tiny",
-        train_x=x[:6],
-        train_y=y[:6],
-        val_x=x[6:8] if with_val else None,
-        val_y=y[6:8] if with_val else None,
-        test_x=x[8:],
-        test_y=y[8:],
-        num_classes=3,
-        input_shape=(3, 8, 8),
-        mean=(0.5, 0.4, 0.3),
-        std=(0.2, 0.2, 0.2),
-        augmentation={"crop_padding": 2, "hflip": True},
+        name="tiny", train_x=x[:6], train_y=y[:6], val_x=x[6:8] if with_val else None,
+        val_y=y[6:8] if with_val else None, test_x=x[8:], test_y=y[8:], num_classes=3, input_shape=(3, 8, 8),
+        mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), augmentation={"crop_padding": 2, "hflip": True},
     )
 
 
@@ -357,7 +341,7 @@ def test_train_loader_uses_the_usual_augmentation_and_options_override_it():
 
 def test_eval_loader_is_ordered_normalised_and_unaugmented():
     splits = _tiny_splits()
-    ((xb, yb),) = list(splits.eval_loader("test", batch_size=100))
+    (xb, yb), = list(splits.eval_loader("test", batch_size=100))
     expected = (splits.test_x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2
     assert torch.allclose(xb, expected) and torch.equal(yb, splits.test_y)
     assert torch.equal(next(iter(splits.eval_loader("val", normalize=False)))[0], splits.val_x)

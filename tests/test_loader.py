@@ -32,16 +32,12 @@ def _same(a, b) -> bool:
 
 # ---- augmentations on hand-built images ------------------------------------------------------------
 
-
-@pytest.mark.parametrize(
-    ("top", "left", "expected"),
-    [
-        (1, 1, [[0, 1, 2], [3, 4, 5], [6, 7, 8]]),  # centre: no shift
-        (0, 0, [[0, 0, 0], [0, 0, 1], [0, 3, 4]]),  # window at the padded top-left corner
-        (2, 2, [[4, 5, 0], [7, 8, 0], [0, 0, 0]]),
-        (0, 2, [[0, 0, 0], [1, 2, 0], [4, 5, 0]]),
-    ],
-)
+@pytest.mark.parametrize(("top", "left", "expected"), [
+    (1, 1, [[0, 1, 2], [3, 4, 5], [6, 7, 8]]),  # centre: no shift
+    (0, 0, [[0, 0, 0], [0, 0, 1], [0, 3, 4]]),  # window at the padded top-left corner
+    (2, 2, [[4, 5, 0], [7, 8, 0], [0, 0, 0]]),
+    (0, 2, [[0, 0, 0], [1, 2, 0], [4, 5, 0]]),
+])
 def test_random_crop_zero_padding(top, left, expected):
     out = random_crop(IMAGE, torch.tensor([top]), torch.tensor([left]), padding=1)
     assert out[0, 0].tolist() == expected
@@ -83,7 +79,6 @@ def test_normalize_per_channel():
 
 
 # ---- the loader ----------------------------------------------------------------------------------
-
 
 def test_len_and_drop_last():
     x, y = _data(10)
@@ -140,7 +135,7 @@ def test_augmented_batches_are_shifted_or_mirrored_copies():
         for image, label in zip(xb, yb, strict=True):
             candidates = []
             for top, left in itertools.product(range(3), range(3)):
-                window = padded[label, :, top : top + 5, left : left + 5]
+                window = padded[label, :, top:top + 5, left:left + 5]
                 candidates.append((torch.equal(image, window), False))
                 candidates.append((torch.equal(image, window.flip(-1)), True))
             matches = [flipped for ok, flipped in candidates if ok]
@@ -170,7 +165,8 @@ def test_flat_features_can_be_shuffled_and_normalised():
 def test_resume_gives_identical_subsequent_batches(stop_after):
     """A state taken after ``stop_after`` batches of the second epoch resumes with the same batches."""
     x, y = _data(37, side=6)
-    options = dict(batch_size=8, shuffle=True, seed=11, crop_padding=2, padding_mode="reflect", hflip=True, cutout=3)
+    options = dict(batch_size=8, shuffle=True, seed=11, crop_padding=2, padding_mode="reflect", hflip=True,
+                   cutout=3)
     reference = TensorLoader(x, y, **options)
     expected = [_epoch(reference) for _ in range(3)]
 
@@ -210,20 +206,17 @@ def test_load_state_dict_refuses_another_configuration():
         TensorLoader(x[:10], y[:10], 4, shuffle=True).load_state_dict(state)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        (dict(batch_size=0), "batch_size"),
-        (dict(batch_size=2.5), "batch_size"),
-        (dict(batch_size=20, drop_last=True), "drop_last"),
-        (dict(batch_size=2, padding_mode="edge", crop_padding=1), "padding_mode"),
-        (dict(batch_size=2, crop_padding=-1), "crop_padding"),
-        (dict(batch_size=2, crop_padding=4, padding_mode="reflect"), "reflect"),
-        (dict(batch_size=2, mean=(0.5,)), "mean and std"),
-        (dict(batch_size=2, mean=(0.5, 0.5), std=(1.0, 1.0)), "one value per channel"),
-        (dict(batch_size=2, mean=(0.5,), std=(0.0,)), "std"),
-    ],
-)
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=2.5), "batch_size"),
+    (dict(batch_size=20, drop_last=True), "drop_last"),
+    (dict(batch_size=2, padding_mode="edge", crop_padding=1), "padding_mode"),
+    (dict(batch_size=2, crop_padding=-1), "crop_padding"),
+    (dict(batch_size=2, crop_padding=4, padding_mode="reflect"), "reflect"),
+    (dict(batch_size=2, mean=(0.5,)), "mean and std"),
+    (dict(batch_size=2, mean=(0.5, 0.5), std=(1.0, 1.0)), "one value per channel"),
+    (dict(batch_size=2, mean=(0.5,), std=(0.0,)), "std"),
+])
 def test_bad_arguments_are_refused(kwargs, match):
     x, y = _data(10)
     with pytest.raises(ValueError, match=match):

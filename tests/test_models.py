@@ -91,15 +91,12 @@ def test_lenet300_100_and_mlp_weights(models):
         get_model("mlp", hidden=(0,))
 
 
-@pytest.mark.parametrize(
-    ("name", "shortcut", "params"),
-    [
-        ("resnet20", "A", 269_722),  # He et al.: 0.27M
-        ("resnet32", "A", 464_154),  # 0.46M
-        ("resnet56", "A", 853_018),  # 0.85M
-        ("resnet56", "projection", 855_770),  # + 1x1 conv/BN projections at the two stage changes
-    ],
-)
+@pytest.mark.parametrize(("name", "shortcut", "params"), [
+    ("resnet20", "A", 269_722),   # He et al.: 0.27M
+    ("resnet32", "A", 464_154),   # 0.46M
+    ("resnet56", "A", 853_018),   # 0.85M
+    ("resnet56", "projection", 855_770),  # + 1x1 conv/BN projections at the two stage changes
+])
 def test_cifar_resnet_parameter_counts(name, shortcut, params):
     assert count_parameters(get_model(name, shortcut=shortcut)) == params
 
@@ -108,17 +105,14 @@ def test_wrn_lpss_has_267514_parameters(models):
     assert count_parameters(models["wrn_lpss"]) == 267_514
 
 
-@pytest.mark.parametrize(
-    ("name", "params"),
-    [
-        ("resnet18", 11_173_962),
-        ("resnet50", 23_520_842),
-        ("wrn", 36_479_194),  # WRN-28-10, 36.5M in Zagoruyko & Komodakis
-        # the common CIFAR VGGs (14,728,266 and 20,040,522) minus the conv biases, which the BN makes redundant
-        ("vgg16_bn", 14_728_266 - (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512)),
-        ("vgg19_bn", 20_040_522 - (2 * 64 + 2 * 128 + 4 * 256 + 8 * 512)),
-    ],
-)
+@pytest.mark.parametrize(("name", "params"), [
+    ("resnet18", 11_173_962),
+    ("resnet50", 23_520_842),
+    ("wrn", 36_479_194),  # WRN-28-10, 36.5M in Zagoruyko & Komodakis
+    # the common CIFAR VGGs (14,728,266 and 20,040,522) minus the conv biases, which the BN makes redundant
+    ("vgg16_bn", 14_728_266 - (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512)),
+    ("vgg19_bn", 20_040_522 - (2 * 64 + 2 * 128 + 4 * 256 + 8 * 512)),
+])
 def test_large_model_parameter_counts(models, name, params):
     assert count_parameters(models[name]) == params
 
@@ -168,15 +162,13 @@ def test_unknown_model_lists_the_registered_ones():
 
 
 def test_user_model_from_module_function(tmp_path, monkeypatch):
-    (tmp_path / "my_models.py").write_text(
-        textwrap.dedent("""
+    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
         from torch import nn
         def tiny(num_classes=3):
             return nn.Sequential(nn.Flatten(), nn.Linear(4, num_classes))
         def not_a_model(num_classes=3):
             return 42
-    """)
-    )
+    """))
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         model = get_model("my_models:tiny", num_classes=5)

@@ -13,9 +13,7 @@ from neuroplastic.recipes.config import (
 
 def _recipe(**top):
     base = {
-        "name": "t",
-        "description": "a test recipe",
-        "epochs": 10,
+        "name": "t", "description": "a test recipe", "epochs": 10,
         "data": {"name": "mnist", "val_size": 100, "batch_size": 32},
         "model": {"name": "lenet5_caffe"},
         "method": {"name": "dense"},
@@ -25,19 +23,10 @@ def _recipe(**top):
     return base
 
 
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("5", 5),
-        ("0.1", 0.1),
-        ("1e-3", 0.001),
-        ("true", True),
-        ("adam", "adam"),
-        ("[1, 2]", [1, 2]),
-        ("{a: 1}", {"a": 1}),
-        ("null", None),
-    ],
-)
+@pytest.mark.parametrize(("text", "value"), [
+    ("5", 5), ("0.1", 0.1), ("1e-3", 0.001), ("true", True), ("adam", "adam"), ("[1, 2]", [1, 2]),
+    ("{a: 1}", {"a": 1}), ("null", None),
+])
 def test_parse_value_reads_yaml_scalars(text, value):
     assert parse_value(text) == value
     assert type(parse_value(text)) is type(value)
@@ -68,25 +57,22 @@ def test_validate_fills_defaults():
     assert out["data"]["normalize"] is True and out["model"]["kwargs"] == {} and out["optim"]["gates"] is None
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["epoch=3"], r"unknown key\(s\) \['epoch'\] in the recipe; valid keys: \[.*'epochs'.*\]"),
-        (["data.batchsize=3"], r"unknown key\(s\) \['batchsize'\] in data; valid keys: \[.*'batch_size'.*\]"),
-        (["data.augment.mirror=true"], r"in data.augment; valid keys: \['crop_padding', 'cutout', 'flip', 'padding"),
-        (["data.batch_size=0"], r"data.batch_size must be >= 1, got 0"),
-        (["epochs=-1"], r"epochs must be >= 1"),
-        (["epochs=2.5"], r"epochs must be int, got 2.5"),
-        (["epochs=true"], r"epochs must be int, got True"),
-        (["epochs_scale=0"], r"epochs_scale must be > 0"),
-        (["selection=test"], r"selection must be one of \['best_val', 'last'\], got 'test'"),
-        (["data.augment.padding_mode=edge"], r"padding_mode must be one of"),
-        (["select_from_epoch=10"], r"select_from_epoch must be < epochs"),
-        (["data.name=null"], r"data.name must be str, got None"),
-        (["optim.weights=null"], r"optim.weights is required"),
-        (["model=3"], r"model must be a section"),
-    ],
-)
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["epoch=3"], r"unknown key\(s\) \['epoch'\] in the recipe; valid keys: \[.*'epochs'.*\]"),
+    (["data.batchsize=3"], r"unknown key\(s\) \['batchsize'\] in data; valid keys: \[.*'batch_size'.*\]"),
+    (["data.augment.mirror=true"], r"in data.augment; valid keys: \['crop_padding', 'cutout', 'flip', 'padding"),
+    (["data.batch_size=0"], r"data.batch_size must be >= 1, got 0"),
+    (["epochs=-1"], r"epochs must be >= 1"),
+    (["epochs=2.5"], r"epochs must be int, got 2.5"),
+    (["epochs=true"], r"epochs must be int, got True"),
+    (["epochs_scale=0"], r"epochs_scale must be > 0"),
+    (["selection=test"], r"selection must be one of \['best_val', 'last'\], got 'test'"),
+    (["data.augment.padding_mode=edge"], r"padding_mode must be one of"),
+    (["select_from_epoch=10"], r"select_from_epoch must be < epochs"),
+    (["data.name=null"], r"data.name must be str, got None"),
+    (["optim.weights=null"], r"optim.weights is required"),
+    (["model=3"], r"model must be a section"),
+])
 def test_validate_errors_name_the_key_and_what_is_allowed(overrides, message):
     with pytest.raises(RecipeError, match=message):
         validate(apply_overrides(_recipe(), overrides))
@@ -109,16 +95,8 @@ def test_method_options_are_checked_against_the_method():
 
 
 def test_epoch_keys_are_defined_in_one_place():
-    for key in (
-        "epochs",
-        "stages",
-        "milestones",
-        "knots",
-        "step_size",
-        "select_from_epoch",
-        "final_prune_epoch",
-        "rewind_epochs",
-    ):
+    for key in ("epochs", "stages", "milestones", "knots", "step_size", "select_from_epoch", "final_prune_epoch",
+                "rewind_epochs"):
         assert is_epoch_key(key)
     for key in ("batch_size", "lr", "k", "update_frequency", "epochs_scale", "seed"):
         assert not is_epoch_key(key)
@@ -128,11 +106,8 @@ def test_scale_epochs_by_hand():
     r = _recipe(epochs=500, select_from_epoch=350)
     r["method"] = {"name": "npn", "stages": [100, 350], "k": 7, "init_prune_epoch": 0}
     r["optim"]["weights"]["schedule"] = {"name": "multistep", "milestones": [400], "gamma": 0.1}
-    r["optim"]["gates"] = {
-        "name": "adam",
-        "lr": 0.001,
-        "schedule": {"name": "piecewise", "knots": [0.0, 2.5], "values": [1, 0]},
-    }
+    r["optim"]["gates"] = {"name": "adam", "lr": 0.001, "schedule": {"name": "piecewise", "knots": [0.0, 2.5],
+                                                                    "values": [1, 0]}}
     out = scale_epochs(r, 0.01)
     assert out["epochs"] == 5 and out["select_from_epoch"] == 4  # 3.5 rounds half up
     assert out["method"] == {"name": "npn", "stages": [1, 4], "k": 7, "init_prune_epoch": 0}

@@ -10,24 +10,9 @@ from neuroplastic.recipes import RecipeError, execute, prepare, resolve, shipped
 from neuroplastic.recipes.registry import METHODS, method_class, method_option_keys
 from train_fakes import FakeSplits
 
-RESULT_FIELDS = {
-    "recipe",
-    "mode",
-    "seed",
-    "epochs",
-    "test_accuracy",
-    "params",
-    "params_dense",
-    "arch",
-    "wall_seconds",
-    "dataset",
-    "model",
-    "method",
-    "flops",
-    "flops_dense",
-    "val_accuracy",
-    "selected_epoch",
-}
+RESULT_FIELDS = {"recipe", "mode", "seed", "epochs", "test_accuracy", "params", "params_dense", "arch",
+                 "wall_seconds", "dataset", "model", "method", "flops", "flops_dense", "val_accuracy",
+                 "selected_epoch"}
 
 
 @pytest.fixture
@@ -42,17 +27,10 @@ def fake_data(monkeypatch):
 
 
 def _write(tmp_path, method, epochs=3, **extra):
-    recipe = {
-        "name": "tiny",
-        "description": "a tiny recipe",
-        "seed": 3,
-        "epochs": epochs,
-        "data": {"name": "fake", "val_size": 20, "batch_size": 16},
-        "model": {"name": "train_fakes:tiny_net"},
-        "method": method,
-        "optim": {"weights": {"name": "adam", "lr": 0.01}},
-        **extra,
-    }
+    recipe = {"name": "tiny", "description": "a tiny recipe", "seed": 3, "epochs": epochs,
+              "data": {"name": "fake", "val_size": 20, "batch_size": 16},
+              "model": {"name": "train_fakes:tiny_net"}, "method": method,
+              "optim": {"weights": {"name": "adam", "lr": 0.01}}, **extra}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -86,9 +64,8 @@ def test_npn_run_counts_live_params_and_flops(tmp_path, fake_data):
     assert result["flops_dense"] == 2 * (16 * 8 + 8 * 3)
     history = [json.loads(s) for s in (out / "history.jsonl").read_text().splitlines()]
     assert [h["stage"] for h in history] == [1, 2, 3] and [h["k"] for h in history] == [5000, 7, 5000]
-    assert (
-        result["selected_epoch"] >= 0 and sorted(p.name for p in (out / "snapshots").iterdir())[-1] == "epoch_00002.npz"
-    )
+    assert result["selected_epoch"] >= 0 and sorted(p.name for p in (out / "snapshots").iterdir())[-1] == \
+        "epoch_00002.npz"
 
 
 def test_resume_through_the_runner_matches_an_uninterrupted_run(tmp_path, fake_data):
@@ -114,14 +91,10 @@ def test_resume_through_the_runner_matches_an_uninterrupted_run(tmp_path, fake_d
     resumed = execute(prepare(recipe, out=tmp_path / "b", resume=True), progress=False)
     drop = ("wall_seconds", "session_seconds")
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
-    strip = [
-        {k: v for k, v in json.loads(s).items() if k != "seconds"}
-        for s in (tmp_path / "a" / "history.jsonl").read_text().splitlines()
-    ]
-    assert strip == [
-        {k: v for k, v in json.loads(s).items() if k != "seconds"}
-        for s in (tmp_path / "b" / "history.jsonl").read_text().splitlines()
-    ]
+    strip = [{k: v for k, v in json.loads(s).items() if k != "seconds"}
+             for s in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    assert strip == [{k: v for k, v in json.loads(s).items() if k != "seconds"}
+                     for s in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
 
 
 def test_finished_run_is_never_overwritten(tmp_path, fake_data):
@@ -145,9 +118,8 @@ def test_bad_inputs_are_recipe_errors(tmp_path, fake_data):
     with pytest.raises(RecipeError, match=r"unknown key\(s\) \['kk'\] in method"):
         prepare(_write(tmp_path, NPN_TINY), ["method.kk=3"], out=tmp_path / "r")
     with pytest.raises(RecipeError, match="optim.gates is only for gated methods"):
-        prepare(
-            _write(tmp_path, {"name": "dense"}), ["optim.gates.name=adam", "optim.gates.lr=0.1"], out=tmp_path / "r"
-        )
+        prepare(_write(tmp_path, {"name": "dense"}), ["optim.gates.name=adam", "optim.gates.lr=0.1"],
+                out=tmp_path / "r")
     with pytest.raises(RecipeError, match="optim.weights: unknown keys for optimizer 'adam'"):
         prepare(_write(tmp_path, {"name": "dense"}), ["optim.weights.momentum=0.9"], out=tmp_path / "r")
     with pytest.raises(RecipeError, match="schedule name must be one of"):

@@ -107,8 +107,6 @@ class FakeSplits:
         from neuroplastic.data import TensorLoader
 
         x, y = self.x, self.y
-        return {
-            "train": TensorLoader(x[:80], y[:80], batch_size, shuffle=True, seed=seed),
-            "val": TensorLoader(x[80:100], y[80:100], 100),
-            "test": TensorLoader(x[100:], y[100:], 100),
-        }
+        return {"train": TensorLoader(x[:80], y[:80], batch_size, shuffle=True, seed=seed),
+                "val": TensorLoader(x[80:100], y[80:100], 100),
+                "test": TensorLoader(x[100:], y[100:], 100)}
