@@ -223,6 +223,8 @@ def test_bad_options_are_errors():
         make(Static, model, opt, density=0.1, sparse_init="ERK-ish")
     with pytest.raises(ValueError, match="density"):
         make(Static, model, opt, density=0.0)
+    with pytest.raises(ValueError, match="seed"):
+        make(Static, model, opt, density=0.1, seed=1.5)
     with pytest.raises(ValueError, match="epochs and steps_per_epoch"):
         RigL(model, opt, density=0.1)
     with pytest.raises(ValueError, match="final_prune_epoch"):

@@ -123,7 +123,9 @@ class MaskMethod(CapacityMethod):
         self.update_frequency = _positive_int("update_frequency", update_frequency)
         self.epochs = None if epochs is None else _positive_int("epochs", epochs)
         self.steps_per_epoch = None if steps_per_epoch is None else _positive_int("steps_per_epoch", steps_per_epoch)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.generator = torch.Generator().manual_seed(seed)
         self.global_step = 0
         self._events: list[dict[str, Any]] = []
         if example_input is not None and input_shape is not None:
