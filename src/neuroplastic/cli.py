@@ -46,7 +46,8 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (default: $NEUROPLASTIC_DATA, else the user cache)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (history is still written)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar and no per-epoch lines (history.jsonl is still written)")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -133,7 +133,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    return sorted(DATASETS)
+    return sorted([*DATASETS, "moons", "moons-vat"])
 
 
 @dataclass
@@ -232,7 +232,8 @@ def load_dataset(
     Parameters
     ----------
     name
-        One of ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``cifar10-subset``.
+        One of ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``cifar10-subset``, ``moons``
+        (generated, see :mod:`neuroplastic.data.moons`), ``moons-vat`` (the paper's file).
     data_dir
         The data directory; default ``$NEUROPLASTIC_DATA``, else ``~/.cache/neuroplastic``. Files are
         expected in the usual download layout below it (e.g. ``MNIST/raw/``, ``cifar-10-batches-py/``).
@@ -254,6 +255,10 @@ def load_dataset(
     ChecksumError
         A file of a full data set does not have its published MD5.
     """
+    from neuroplastic.data.moons import MOONS_DATASETS, load_moons_dataset
+
+    if name in MOONS_DATASETS:
+        return load_moons_dataset(name, data_dir, val_size, seed, device)
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; allowed names: {', '.join(list_datasets())}")
     spec = DATASETS[name]

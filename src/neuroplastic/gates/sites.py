@@ -37,7 +37,7 @@ class UnitGates(nn.Module):
       drawn lazily on first use (one ``u`` per unit, or per unit and sample when ``per_sample``);
     * ``"open"``: the deterministic ``1[phi > 0]`` (frozen stages, evaluation);
     * ``"soft"``: the reference code's soft test gate ``pi * 1[pi >= 0.5]``;
-    * ``"value"``: an explicit tensor ``value`` (used by other gate families, e.g. hard concrete);
+    * ``"value"``: ``value_fn(x)`` (other gate families, e.g. hard concrete, compute their own gates);
     * ``None`` in training mode: a fresh Bernoulli(pi) sample per forward, like dropout.
     """
 
@@ -52,7 +52,7 @@ class UnitGates(nn.Module):
         self.per_sample = False
         self.generator: torch.Generator | None = None
         self.u: torch.Tensor | None = None
-        self.value: torch.Tensor | None = None
+        self.value_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def prob(self) -> torch.Tensor:
         """Gate probabilities ``pi = g_k(phi)`` (differentiable)."""
@@ -62,7 +62,8 @@ class UnitGates(nn.Module):
         """The gate tensor for activation ``x``, shaped to broadcast along the unit dimension."""
         phase = self.phase if self.training or self.phase == "value" else self.eval_phase
         if phase == "value":
-            z = self.value
+            assert self.value_fn is not None, "phase 'value' needs a value_fn"
+            z = self.value_fn(x)
         elif phase == "open":
             z = (self.phi > 0).to(x.dtype)
         elif phase == "soft":

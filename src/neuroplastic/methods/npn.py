@@ -27,18 +27,9 @@ from torch import nn
 
 from neuroplastic.gates import estimators
 from neuroplastic.gates.functions import gate_function
-from neuroplastic.gates.links import chain_links
-from neuroplastic.gates.sites import (
-    GateSite,
-    UnitGates,
-    attach,
-    default_placement,
-    detach,
-    make_site,
-    weighted_layers,
-)
+from neuroplastic.gates.sites import UnitGates
 from neuroplastic.gates.stages import K_FROZEN, StageSchedule
-from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.methods.gated import UnitGateMethod
 
 MODES = ("sparse", "expand")
 TEST_GATES = ("binary", "soft_reference")
@@ -54,7 +45,7 @@ def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
     return [p for p in params if id(p) not in gate_ids], [p for p in params if id(p) in gate_ids]
 
 
-class NPN(CapacityMethod):
+class NPN(UnitGateMethod):
     """Attach NPN gates to ``model`` and drive their training.
 
     Parameters
@@ -107,7 +98,7 @@ class NPN(CapacityMethod):
         expand_step: int = 1,
         seed: int = 0,
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, lam, gates, include, exclude)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if estimator not in estimators.ESTIMATORS:
@@ -130,10 +121,7 @@ class NPN(CapacityMethod):
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
-        placement = self._placement(model, gates, include, exclude)
-        self.sites: list[GateSite] = [make_site(model, layer, side) for layer, side in placement.items()]
-        self.lam = self._per_site("lam", lam, float, default=None)
-        active = self._per_site("init_active", init_active, int, default=None)
+        active = self.per_site("init_active", init_active, int)
         if mode == "expand" and any(a is None for a in active):
             raise ValueError("mode='expand' needs init_active for every gated layer (units open at start)")
         self.allocated: list[int] = []
@@ -148,43 +136,11 @@ class NPN(CapacityMethod):
             site.gates.eval_phase = "open" if test_gate == "binary" else "soft"
             site.gates.per_sample = sampling == "sample"
             site.gates.generator = self.generator
-            attach(model, site)
             self.allocated.append(n_active)
+        self._attach_all()
         self.best_loss = math.inf  # validation loss at the last expansion
         self.events: list[dict[str, Any]] = []
-        self._links = chain_links(model)
         self.set_epoch(0)
-
-    # -- construction helpers -------------------------------------------------------------------
-    @staticmethod
-    def _placement(model, gates, include, exclude) -> dict[str, str]:
-        if gates is None:
-            return default_placement(model, include, exclude)
-        if include is not None or exclude is not None:
-            raise ValueError("give either gates=... or include/exclude, not both")
-        if isinstance(gates, dict):
-            return dict(gates)
-        if isinstance(gates, str):
-            raise ValueError(f"gates must be a list of layer names or a dict {{layer: side}}, got {gates!r}")
-        return {layer: "out" for layer in gates}
-
-    def _per_site(self, arg: str, value, cast, default):
-        layers = [s.layer for s in self.sites]
-        if value is None:
-            return [default] * len(self.sites)
-        if isinstance(value, dict):
-            unknown = set(value) - set(layers)
-            if unknown:
-                raise ValueError(f"{arg} names unknown gated layers {sorted(unknown)}; gated layers: {layers}")
-            missing = set(layers) - set(value)
-            if missing:
-                raise ValueError(f"{arg} misses gated layers {sorted(missing)}")
-            return [cast(value[layer]) for layer in layers]
-        if isinstance(value, (list, tuple)):
-            if len(value) != len(layers):
-                raise ValueError(f"{arg} has {len(value)} entries but there are {len(layers)} gated layers {layers}")
-            return [cast(v) for v in value]
-        return [cast(value)] * len(layers)
 
     # -- schedule -------------------------------------------------------------------------------
     @property
@@ -201,19 +157,6 @@ class NPN(CapacityMethod):
             site.gates.k = self.k
 
     # -- the training step ----------------------------------------------------------------------
-    def penalty(self) -> torch.Tensor:
-        """The L0 penalty ``sum_sites lam * sum_j pi_j * weights_per_unit`` (differentiable)."""
-        total = self.sites[0].gates.phi.new_zeros(())
-        for site, lam in zip(self.sites, self.lam, strict=True):
-            if lam:
-                total = total + lam * site.weights_per_unit * site.gates.prob().sum()
-        return total
-
-    def expected_l0(self) -> float:
-        """Expected number of live gated weights, ``sum_j pi_j * weights_per_unit`` over all sites."""
-        with torch.no_grad():
-            return float(sum(s.weights_per_unit * s.gates.prob().sum() for s in self.sites))
-
     def backward(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run the gated forward pass(es), back-propagate loss and penalty, write the gate gradients.
 
@@ -294,57 +237,8 @@ class NPN(CapacityMethod):
         return events
 
     # -- reporting ------------------------------------------------------------------------------
-    def open_units(self) -> list[torch.Tensor]:
-        """Boolean open mask per site (``phi > 0``, the evaluation gate)."""
-        return [(s.gates.phi.detach() > 0) for s in self.sites]
-
-    def layer_open_masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """For every Linear/Conv2d: (open input features, open output units), closures propagated
-        along producer -> consumer links (a channel closed upstream closes the features reading it)."""
-        masks = {}
-        for name, m in weighted_layers(self.model).items():
-            n_out, n_in = m.weight.shape[0], m.weight.shape[1] * (getattr(m, "groups", 1) or 1)
-            masks[name] = [torch.ones(n_in, dtype=torch.bool), torch.ones(n_out, dtype=torch.bool)]
-        for site, open_ in zip(self.sites, self.open_units(), strict=True):
-            masks[site.layer][0 if site.side == "in" else 1] &= open_.cpu()
-        for _ in range(2):  # closing travels both ways along a link
-            for link in self._links:
-                prod_out, cons_in = masks[link.producer][1], masks[link.consumer][0]
-                cons_in &= prod_out.repeat_interleave(link.repeat)
-                prod_out &= cons_in.view(-1, link.repeat).any(1)
-        return {name: (m[0], m[1]) for name, m in masks.items()}
-
-    def live_weights(self) -> int:
-        """Weights whose input feature and output unit are both open (biases excluded)."""
-        total = 0
-        layers = weighted_layers(self.model)
-        for name, (open_in, open_out) in self.layer_open_masks().items():
-            w = layers[name].weight
-            kernel = w[0, 0].numel()
-            groups = getattr(layers[name], "groups", 1)
-            if groups == 1:
-                total += int(open_out.sum()) * int(open_in.sum()) * kernel
-            else:  # conservative for grouped convs: every input of an open output counts
-                total += int(open_out.sum()) * w.shape[1] * kernel
-        return total
-
-    def architecture(self) -> dict[str, Any]:
-        from neuroplastic.metrics import count_weights
-
-        return {
-            "layers": [s.name for s in self.sites],
-            "arch": [int(m.sum()) for m in self.open_units()],
-            "params": self.live_weights(),
-            "params_dense": count_weights(self.model),
-            "expected_l0": self.expected_l0(),
-        }
-
     def metrics(self) -> dict[str, Any]:
         return {"k": self.k, "stage": self.stage, **self.architecture()}
-
-    def snapshot(self) -> dict[str, Any]:
-        with torch.no_grad():
-            return {f"pi/{s.name}": s.gates.prob().cpu().numpy().astype("float16") for s in self.sites}
 
     # -- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -364,12 +258,6 @@ class NPN(CapacityMethod):
         self.events = list(state["events"])
         self.generator.set_state(state["generator"])
         self.set_epoch(state["epoch"])
-
-    def remove(self) -> None:
-        """Detach every gate from the model (hooks and gate parameters): the plain model is back."""
-        for site in self.sites:
-            detach(self.model, site)
-        self.sites = []
 
     @classmethod
     def from_recipe(cls, model: nn.Module, *, epochs: int, steps_per_epoch: int, **options: Any) -> NPN:

@@ -70,6 +70,7 @@ class Prepared:
     loaders: dict[str, Any]
     input_shape: tuple[int, ...]
     flops_dense: int
+    source: str = ""  # the recipe reference and overrides it was resolved from (written into recipe.yaml)
 
 
 def prepare(
@@ -94,8 +95,9 @@ def prepare(
     model = build_model(recipe, splits).to(device)
     flops_dense = count_flops(model, splits.input_shape)
     method, optimizers, schedules = build_training(recipe, model, steps_per_epoch=len(loaders["train"]))
+    source = " ".join([str(ref), *overrides])
     return Prepared(recipe, run_dir, resume, model, method, optimizers, schedules, loaders,
-                    tuple(splits.input_shape), flops_dense)
+                    tuple(splits.input_shape), flops_dense, source)
 
 
 def load_data(recipe: dict[str, Any], data_dir: str | Path | None, device: str) -> tuple[Any, dict[str, Any]]:
@@ -115,12 +117,17 @@ def load_data(recipe: dict[str, Any], data_dir: str | Path | None, device: str) 
 
 
 def build_model(recipe: dict[str, Any], splits: Any) -> nn.Module:
-    """The recipe's model (a zoo name or ``"module:function"``), sized for the data set."""
+    """The recipe's model (a zoo name or ``"module:function"``), sized for the data set.
+
+    ``num_classes`` (and ``in_channels`` for image data) come from the data set unless ``model.kwargs``
+    gives them.
+    """
     from neuroplastic.models import get_model
 
     kwargs = dict(recipe["model"]["kwargs"])
     kwargs.setdefault("num_classes", splits.num_classes)
-    kwargs.setdefault("in_channels", splits.input_shape[0])
+    if len(splits.input_shape) == 3:  # images: the zoo's image models take in_channels; MLPs on vectors do not
+        kwargs.setdefault("in_channels", splits.input_shape[0])
     return get_model(recipe["model"]["name"], **kwargs)
 
 
@@ -169,13 +176,14 @@ def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> 
 
 
 def _split_gates(method: CapacityMethod, name: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(weights, gates) parameter lists from ``split_param_groups(model)`` of the method's module."""
-    module = importlib.import_module(type(method).__module__)
-    split = getattr(module, "split_param_groups", None)
-    if split is None:
-        raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gate parameters")
-    weights, gates = split(method.model)
-    return list(weights), list(gates)
+    """(weights, gates) from ``split_param_groups(model)`` of the module defining the method or a base."""
+    for cls in type(method).__mro__:
+        split = getattr(importlib.import_module(cls.__module__), "split_param_groups", None)
+        if split is not None:
+            weights, gates = split(method.model)
+            return list(weights), list(gates)
+    raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gate parameters "
+                      "(no split_param_groups in its module)")
 
 
 def _check_run_dir(run_dir: Path, recipe: dict[str, Any], resume: bool) -> None:
@@ -211,7 +219,9 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
     recipe = prep.recipe
     prep.run_dir.mkdir(parents=True, exist_ok=True)
     if not (prep.run_dir / RECIPE_FILE).exists():
-        _write_text_atomic(prep.run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+        header = (f"# resolved from: {prep.source}\n# (overrides and epochs_scale already applied; "
+                  f"epochs_scale is therefore 1.0 here)\n")
+        _write_text_atomic(prep.run_dir / RECIPE_FILE, header + yaml.safe_dump(recipe, sort_keys=False))
     t0 = time.perf_counter()
     res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
               run_dir=prep.run_dir, selection=recipe["selection"], select_after=recipe["select_from_epoch"],

@@ -1,0 +1,148 @@
+"""What every unit-gate method shares: gate sites on the model, per-site penalty strengths, the
+expected-L0 penalty, live-architecture reporting, snapshots and removal of the gates.
+
+:class:`~neuroplastic.methods.npn.NPN` (stochastic binary gates, ARM/AR) and
+:class:`~neuroplastic.methods.hard_concrete.HardConcrete` (Louizos et al.'s relaxed gates) are small
+subclasses that say how a gate is sampled and when a unit counts as open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuroplastic.gates.links import chain_links
+from neuroplastic.gates.sites import GateSite, attach, default_placement, detach, make_site, weighted_layers
+from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.metrics import count_weights
+
+
+class UnitGateMethod(CapacityMethod):
+    """Base class: gates placed on ``model`` (see :class:`~neuroplastic.methods.npn.NPN` for the
+    meaning of ``gates``, ``include``, ``exclude`` and ``lam``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lam: float | Sequence[float] | dict[str, float],
+        gates: Sequence[str] | dict[str, str] | None,
+        include: list[str] | None,
+        exclude: list[str] | None,
+    ) -> None:
+        super().__init__(model)
+        placement = _placement(model, gates, include, exclude)
+        self.sites: list[GateSite] = [make_site(model, layer, side) for layer, side in placement.items()]
+        self.lam = self.per_site("lam", lam, float)
+        self._links = chain_links(model)
+
+    def _attach_all(self) -> None:
+        for site in self.sites:
+            attach(self.model, site)
+
+    def per_site(self, arg: str, value: Any, cast, default: Any = None) -> list[Any]:
+        """Expand a per-site option (scalar, list in site order, or dict by layer name) to a list."""
+        layers = [s.layer for s in self.sites]
+        if value is None:
+            return [default] * len(self.sites)
+        if isinstance(value, dict):
+            unknown = set(value) - set(layers)
+            if unknown:
+                raise ValueError(f"{arg} names unknown gated layers {sorted(unknown)}; gated layers: {layers}")
+            missing = set(layers) - set(value)
+            if missing:
+                raise ValueError(f"{arg} misses gated layers {sorted(missing)}")
+            return [cast(value[layer]) for layer in layers]
+        if isinstance(value, (list, tuple)):
+            if len(value) != len(layers):
+                raise ValueError(f"{arg} has {len(value)} entries but there are {len(layers)} gated layers {layers}")
+            return [cast(v) for v in value]
+        return [cast(value)] * len(layers)
+
+    # -- the penalty ----------------------------------------------------------------------------
+    def keep_prob(self, site: GateSite) -> torch.Tensor:
+        """Probability that each unit of ``site`` is non-zero (differentiable)."""
+        return site.gates.prob()
+
+    def penalty(self) -> torch.Tensor:
+        """``sum_sites lam * sum_j P(unit j open) * weights_per_unit`` (differentiable)."""
+        total = self.sites[0].gates.phi.new_zeros(())
+        for site, lam in zip(self.sites, self.lam, strict=True):
+            if lam:
+                total = total + lam * site.weights_per_unit * self.keep_prob(site).sum()
+        return total
+
+    def expected_l0(self) -> float:
+        """Expected number of live gated weights, ``sum_j P(open) * weights_per_unit`` over all sites."""
+        with torch.no_grad():
+            return float(sum(s.weights_per_unit * self.keep_prob(s).sum() for s in self.sites))
+
+    # -- reporting ------------------------------------------------------------------------------
+    def open_units(self) -> list[torch.Tensor]:
+        """Boolean open mask per site under the evaluation gate (``phi > 0``)."""
+        return [(s.gates.phi.detach() > 0) for s in self.sites]
+
+    def layer_open_masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """For every Linear/Conv2d: (open input features, open output units), closures propagated
+        along producer -> consumer links (a channel closed upstream closes the features reading it)."""
+        masks = {}
+        for name, m in weighted_layers(self.model).items():
+            n_out, n_in = m.weight.shape[0], m.weight.shape[1] * getattr(m, "groups", 1)
+            masks[name] = [torch.ones(n_in, dtype=torch.bool), torch.ones(n_out, dtype=torch.bool)]
+        for site, open_ in zip(self.sites, self.open_units(), strict=True):
+            masks[site.layer][0 if site.side == "in" else 1] &= open_.cpu()
+        for _ in range(2):  # closing travels both ways along a link
+            for link in self._links:
+                prod_out, cons_in = masks[link.producer][1], masks[link.consumer][0]
+                cons_in &= prod_out.repeat_interleave(link.repeat)
+                prod_out &= cons_in.view(-1, link.repeat).any(1)
+        return {name: (m[0], m[1]) for name, m in masks.items()}
+
+    def live_weights(self) -> int:
+        """Weights whose input feature and output unit are both open (biases excluded)."""
+        total = 0
+        layers = weighted_layers(self.model)
+        for name, (open_in, open_out) in self.layer_open_masks().items():
+            w = layers[name].weight
+            kernel = w[0, 0].numel()
+            if getattr(layers[name], "groups", 1) == 1:
+                total += int(open_out.sum()) * int(open_in.sum()) * kernel
+            else:  # conservative for grouped convs: every input of an open output counts
+                total += int(open_out.sum()) * w.shape[1] * kernel
+        return total
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "layers": [s.name for s in self.sites],
+            "arch": [int(m.sum()) for m in self.open_units()],
+            "params": self.live_weights(),
+            "params_dense": count_weights(self.model),
+            "expected_l0": self.expected_l0(),
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        return self.architecture()
+
+    def snapshot(self) -> dict[str, Any]:
+        with torch.no_grad():
+            return {f"pi/{s.name}": self.keep_prob(s).cpu().numpy().astype("float16") for s in self.sites}
+
+    def remove(self) -> None:
+        """Detach every gate from the model (hooks and gate parameters): the plain model is back."""
+        for site in self.sites:
+            detach(self.model, site)
+        self.sites = []
+
+
+def _placement(model, gates, include, exclude) -> dict[str, str]:
+    if gates is None:
+        return default_placement(model, include, exclude)
+    if include is not None or exclude is not None:
+        raise ValueError("give either gates=... or include/exclude, not both")
+    if isinstance(gates, dict):
+        return dict(gates)
+    if isinstance(gates, str):
+        raise ValueError(f"gates must be a list of layer names or a dict {{layer: side}}, got {gates!r}")
+    return {layer: "out" for layer in gates}
