@@ -145,6 +145,15 @@ def test_gradual_pruning_hits_final_density_exactly(cls, distribution):
     assert prunes[-1] == 25
 
 
+def test_final_prune_happens_even_when_the_schedule_ends_at_step_zero():
+    model = net()
+    opt = sgd(model)
+    g = make(GMP, model, opt, final_density=0.1, final_prune_epoch=0)  # e.g. a recipe scaled down to 1 epoch
+    train(model, opt, g, 2)
+    assert sum(g.engine.nnz().values()) == kept_count(0.1, sum(g.engine.numel().values()))
+    assert [e["step"] for e in g.end_epoch()] == [1]
+
+
 def test_granet_regrows_after_final_prune_and_keeps_counts():
     model = net()
     opt = sgd(model)

@@ -425,6 +425,7 @@ class GMP(MaskMethod):
             self.init_density, self.final_density, start, min(end, total), self.update_frequency
         )
         self._init_random(self.init_density)
+        self._final_pruned = False
         self._init_layer = self.engine.layer_density()
         self._final_layer = layer_densities(self.sparse_init, self.engine.shapes(), self.final_density)
 
@@ -443,8 +444,19 @@ class GMP(MaskMethod):
             self._event("prune", target_density=target)
 
     def update(self, step: int) -> None:
-        if self.schedule.is_update_step(step):
+        # the final prune also happens late when end_step falls before the first step (end_step 0)
+        if self.schedule.is_update_step(step) or (step >= self.schedule.end_step and not self._final_pruned):
             self.prune(step)
+            self._final_pruned = step >= self.schedule.end_step
+
+    def state_dict(self) -> dict[str, Any]:
+        """The mask state plus whether the final prune has happened."""
+        return {**super().state_dict(), "final_pruned": self._final_pruned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        super().load_state_dict(state)
+        self._final_pruned = bool(state["final_pruned"])
 
 
 class GraNet(GMP):
