@@ -80,9 +80,7 @@ def test_from_dual_hand_example():
 
 
 def test_hoyer_hand_values():
-    x = torch.tensor(
-        [[1.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
-    )
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     expected = torch.tensor([1.0, 0.0, 2 - math.sqrt(2), 1.0])
     torch.testing.assert_close(hoyer(x), expected)
     assert layer_hoyer(x) == pytest.approx(float(expected.mean()))

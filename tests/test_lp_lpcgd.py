@@ -62,8 +62,16 @@ def test_several_steps_match_the_naive_formulas(momentum, nesterov, weight_decay
         w.grad = grad.clone()
         opt.step()
         ref_w, ref_v, buf = _naive_step(
-            ref_w, ref_v, buf, grad, p=p, lr=lr, momentum=momentum, nesterov=nesterov,
-            weight_decay=weight_decay, first=i == 0,
+            ref_w,
+            ref_v,
+            buf,
+            grad,
+            p=p,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            first=i == 0,
         )
         torch.testing.assert_close(w.detach(), ref_w, rtol=1e-10, atol=1e-12)
 

@@ -229,8 +229,6 @@ class LpCGD(Optimizer):
         param_groups: list[dict[str, Any]] = [{"params": ws, "p": p} for p, ws in groups.items()]
         if free:
             param_groups.append({"params": free, "p": None, "lr": lr if unconstrained_lr is None else unconstrained_lr})
-        opt = cls(
-            param_groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, eps=eps
-        )
+        opt = cls(param_groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, eps=eps)
         opt.layer_p = layer_p
         return opt
