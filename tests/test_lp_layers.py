@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuroplastic.lp import LpCGD, assign_p, constrained_layers
+from neuroplastic.lp import LpCGD, assign_p, build_lpcgd, constrained_layers, constrained_params
 
 
 class _Block(nn.Module):
@@ -62,3 +62,41 @@ def test_bad_n_first(n_first):
 def test_model_without_layers_is_refused():
     with pytest.raises(ValueError, match="no Linear/Conv"):
         constrained_layers(nn.Sequential(nn.ReLU()))
+
+
+def test_parameter_list_follows_the_same_rules():
+    net = _TinyResNet()
+    chosen = constrained_params(net.parameters())
+    assert chosen == [net.block.conv1.weight, net.block.conv2.weight]
+    opt = build_lpcgd(
+        list(net.parameters()),
+        {"name": "lpcgd", "lr": 0.01, "p_first": 1.3, "n_first": 1, "p_rest": 1.1, "schedule": {"name": "constant"}},
+    )
+    assert opt.layer_p == {"0": 1.3, "1": 1.1}
+    assert [g["p"] for g in opt.param_groups] == [1.3, 1.1, None]
+    with pytest.raises(ValueError, match="give the model"):
+        LpCGD.for_model(list(net.parameters()), lr=0.1, exclude=["fc"])
+
+
+def test_build_lpcgd_from_a_recipe_spec():
+    net = _TinyResNet()
+    spec = {
+        "name": "lpcgd",
+        "lr": 0.004,
+        "unconstrained_lr": 1.0,
+        "p_first": 1.2,
+        "p_rest": 1.07,
+        "n_first": 4,
+        "momentum": 0.9,
+        "nesterov": True,
+        "schedule": {"name": "piecewise", "knots": [0, 1], "values": [1, 0]},
+    }
+    opt = build_lpcgd(net, spec)
+    assert opt.layer_p == {"block.conv1": 1.2, "block.conv2": 1.2}
+    assert opt.param_groups[-1]["lr"] == 1.0 and opt.param_groups[0]["nesterov"]
+    with pytest.raises(ValueError, match="unknown keys for optimizer 'lpcgd'"):
+        build_lpcgd(net, {"name": "lpcgd", "lr": 0.1, "p": 1.2})
+    with pytest.raises(ValueError, match="needs an 'lr'"):
+        build_lpcgd(net, {"name": "lpcgd"})
+    with pytest.raises(ValueError, match="builds optimizer 'lpcgd'"):
+        build_lpcgd(net, {"name": "sgd", "lr": 0.1})

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+import torch
 from torch import nn
 
 from neuroplastic.lp.geometry import check_p
@@ -43,6 +44,23 @@ def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED)}
 
 
+def follows_rules(weight: torch.Tensor) -> bool:
+    """Whether a Linear (2-D) or Conv (3-D to 5-D) weight qualifies by shape: >= 2 inputs, not a 1x1 conv."""
+    if weight.dim() < 2 or weight.shape[1] < 2:
+        return False
+    return weight.dim() == 2 or any(k != 1 for k in weight.shape[2:])
+
+
+def constrained_params(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The same rules on a bare parameter list (no module names): the weights among ``params`` to constrain.
+
+    Candidates are the 2-D to 5-D tensors, taken as Linear (2-D) and Conv weights; the last candidate,
+    in the given order (``model.parameters()`` follows registration order), is the classifier.
+    """
+    candidates = [q for q in params if 2 <= q.dim() <= 5]
+    return [q for q in candidates[:-1] if follows_rules(q)]
+
+
 def constrained_layers(
     model: nn.Module,
     *,
@@ -54,16 +72,7 @@ def constrained_layers(
     if not layers:
         raise ValueError("model has no Linear/Conv layer to constrain")
     classifier = list(layers)[-1]
-    chosen = []
-    for name, m in layers.items():
-        w = m.weight
-        if w.dim() < 2 or w.shape[1] < 2:
-            continue
-        if not isinstance(m, nn.Linear) and all(k == 1 for k in w.shape[2:]):
-            continue
-        if name == classifier:
-            continue
-        chosen.append(name)
+    chosen = [name for name, m in layers.items() if name != classifier and follows_rules(m.weight)]
     for pattern in _patterns(include, "include"):
         hits = [n for n in layers if fnmatchcase(n, pattern)]
         if not hits:

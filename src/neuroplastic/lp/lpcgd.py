@@ -29,7 +29,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from neuroplastic.lp.geometry import EPS, check_p, from_dual, normalize, project, to_dual
-from neuroplastic.lp.layers import assign_p, constrained_layers
+from neuroplastic.lp.layers import assign_p, constrained_layers, constrained_params
 
 
 def _check_number(value: Any, name: str, low: float, high: float | None = None) -> float:
@@ -192,7 +192,7 @@ class LpCGD(Optimizer):
     @classmethod
     def for_model(
         cls,
-        model: nn.Module,
+        model: nn.Module | Iterable[torch.Tensor],
         *,
         lr: float,
         p_first: float = 1.2,
@@ -208,6 +208,10 @@ class LpCGD(Optimizer):
     ) -> LpCGD:
         """Build an LpCGD for ``model``: constrained layers picked by :func:`constrained_layers`.
 
+        ``model`` may also be a bare parameter list (as ``list(model.parameters())``): the same shape
+        rules then apply through :func:`constrained_params`, ``layer_p`` is keyed by position, and
+        ``include``/``exclude`` are refused (they name modules).
+
         One param group per distinct exponent (in layer order), then one SGD group (``p=None``) with
         every other parameter, whose lr is ``unconstrained_lr`` (default ``lr``). The chosen layers
         and their exponents are in ``optimizer.layer_p``.
@@ -216,19 +220,62 @@ class LpCGD(Optimizer):
         loss, the reference's summed-loss schedule ``vals / batch_size`` is reproduced by
         ``lr = 1 / batch_size`` and ``unconstrained_lr = 1`` with ``vals`` as schedule multipliers.
         """
-        names = constrained_layers(model, include=include, exclude=exclude)
-        layer_p = assign_p(names, p_first, p_rest, n_first)
-        modules = dict(model.named_modules())
-        groups: dict[float, list[nn.Parameter]] = {}
-        taken: set[int] = set()
-        for name, p in layer_p.items():
-            weight = modules[name].weight
+        if isinstance(model, nn.Module):
+            modules = dict(model.named_modules())
+            layer_p = assign_p(constrained_layers(model, include=include, exclude=exclude), p_first, p_rest, n_first)
+            weights = [modules[name].weight for name in layer_p]
+            params = list(model.parameters())
+        else:
+            params = list(model)
+            if not all(isinstance(q, torch.Tensor) for q in params):
+                raise TypeError("model must be an nn.Module or an iterable of parameters")
+            if include is not None or exclude is not None:
+                raise ValueError("include/exclude name layers: give the model, not a parameter list")
+            weights = constrained_params(params)
+            layer_p = assign_p([str(i) for i in range(len(weights))], p_first, p_rest, n_first)
+        groups: dict[float, list[torch.Tensor]] = {}
+        for weight, p in zip(weights, layer_p.values(), strict=True):
             groups.setdefault(p, []).append(weight)
-            taken.add(id(weight))
-        free = [q for q in model.parameters() if id(q) not in taken]
+        taken = {id(w) for w in weights}
+        free = [q for q in params if id(q) not in taken]
         param_groups: list[dict[str, Any]] = [{"params": ws, "p": p} for p, ws in groups.items()]
         if free:
             param_groups.append({"params": free, "p": None, "lr": lr if unconstrained_lr is None else unconstrained_lr})
         opt = cls(param_groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, eps=eps)
         opt.layer_p = layer_p
         return opt
+
+
+#: recipe keys of an ``lpcgd`` optimizer spec (``name`` and ``schedule`` are handled by the runner)
+SPEC_KEYS = (
+    "lr",
+    "p_first",
+    "p_rest",
+    "n_first",
+    "unconstrained_lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "include",
+    "exclude",
+    "eps",
+)
+
+
+def build_lpcgd(model: nn.Module | Iterable[torch.Tensor], spec: dict[str, Any]) -> LpCGD:
+    """An :class:`LpCGD` from a recipe's optimizer spec (``{"name": "lpcgd", "lr": ..., ...}``).
+
+    The keys are the keywords of :meth:`LpCGD.for_model` (see :data:`SPEC_KEYS`); ``schedule`` is left
+    to :func:`neuroplastic.train.optim.build_schedule`. Unknown keys are errors.
+    """
+    spec = dict(spec)
+    spec.pop("schedule", None)
+    name = spec.pop("name", "lpcgd")
+    if name != "lpcgd":
+        raise ValueError(f"build_lpcgd builds optimizer 'lpcgd', got name {name!r}")
+    unknown = set(spec) - set(SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys for optimizer 'lpcgd': {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    if "lr" not in spec:
+        raise ValueError("optimizer 'lpcgd' needs an 'lr'")
+    return LpCGD.for_model(model, **spec)
