@@ -118,13 +118,26 @@ def test_scale_epochs_by_hand():
 
 
 def test_scale_epochs_keeps_boundaries_positive_and_strictly_increasing():
-    r = _recipe(epochs=3)
+    r = _recipe(epochs=300)
     r["method"] = {"name": "npn", "stages": [1, 2]}
     out = scale_epochs(r, 0.1)
-    assert out["epochs"] == 1 and out["method"]["stages"] == [1, 2]
+    assert out["epochs"] == 30 and out["method"]["stages"] == [1, 2]
     r["method"]["stages"] = [0, 20, 21, 22]
     assert scale_epochs(r, 0.1)["method"]["stages"] == [0, 2, 3, 4]
+    r["epochs"], r["method"]["stages"] = 3, [1, 2]  # a one-epoch run: inner boundaries land on epoch 0
+    assert scale_epochs(r, 0.1)["epochs"] == 1 and scale_epochs(r, 0.1)["method"]["stages"] == [0, 0]
     assert scale_epochs(_recipe(epochs=10), 2.5)["epochs"] == 25
+
+
+def test_scale_epochs_keeps_inner_boundaries_inside_the_run():
+    # ResNet56 recipe at 1/100: 220 -> 2 epochs; stages [20, 200] -> [1, 2] would leave no hardening epoch
+    r = _recipe(epochs=220, select_from_epoch=200)
+    r["method"] = {"name": "npn", "stages": [20, 200]}
+    r["optim"]["weights"]["schedule"] = {"name": "multistep", "milestones": [60, 120, 180, 240]}
+    out = scale_epochs(r, 0.02)  # 4.4 -> 4 epochs
+    assert out["epochs"] == 4 and out["method"]["stages"] == [1, 3] and out["select_from_epoch"] == 3
+    assert out["optim"]["weights"]["schedule"]["milestones"] == [1, 2, 3, 5]  # 240 lay outside the run
+    validate(out)
     with pytest.raises(RecipeError, match="epochs_scale must be a number > 0"):
         scale_epochs(r, 0)
     r["method"]["stages"] = ["a"]

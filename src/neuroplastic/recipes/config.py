@@ -211,23 +211,31 @@ def scale_epochs(recipe: dict[str, Any], scale: float) -> dict[str, Any]:
     """A copy of ``recipe`` with every epoch-valued field (see :func:`is_epoch_key`) multiplied by ``scale``.
 
     Integers are rounded half up and positive ones stay >= 1; integer lists stay strictly increasing
-    (each entry at least one more than the one before). Floats (e.g. piecewise ``knots``) are scaled
-    exactly. ``epochs_scale`` itself is set to 1.0 in the result, so scaling is never applied twice.
+    (each entry at least one more than the one before). An integer boundary that lay inside the run
+    (``0 < v < epochs``) stays inside the scaled run (``<= epochs - 1``), so a stage or a selection window
+    never vanishes by rounding. Floats (e.g. piecewise ``knots``) are scaled exactly. ``epochs_scale``
+    itself is set to 1.0 in the result, so scaling is never applied twice.
     """
     if not (isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0):
         raise RecipeError(f"epochs_scale must be a number > 0, got {scale!r}")
-    out = _scale(recipe, float(scale), None)
+    epochs = recipe.get("epochs")
+    bounds = None
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0:
+        bounds = (epochs, _scale_number(epochs, float(scale), "epochs"))
+    out = _scale(recipe, float(scale), None, bounds)
+    if "epochs" in out and bounds is not None:
+        out["epochs"] = bounds[1]
     if "epochs_scale" in out:
         out["epochs_scale"] = 1.0
     return out
 
 
-def _scale(node: Any, scale: float, key: str | None) -> Any:
+def _scale(node: Any, scale: float, key: str | None, bounds: tuple[int, int] | None) -> Any:
     if isinstance(node, dict):
-        return {k: _scale(v, scale, k) for k, v in node.items()}
+        return {k: _scale(v, scale, k, bounds) for k, v in node.items()}
     if key is None or not is_epoch_key(key):
         if isinstance(node, list):
-            return [_scale(v, scale, None) for v in node]
+            return [_scale(v, scale, None, bounds) for v in node]
         return copy.deepcopy(node)
     if isinstance(node, list):
         out, previous = [], None
@@ -237,8 +245,18 @@ def _scale(node: Any, scale: float, key: str | None) -> Any:
                 s = previous + 1  # rounding must not merge or reorder boundaries
             out.append(s)
             previous = s if isinstance(s, int) else None
-        return out
-    return _scale_number(node, scale, key)
+        return [_inside(v, s, bounds) for v, s in zip(node, out, strict=True)]
+    return _inside(node, _scale_number(node, scale, key), bounds)
+
+
+def _inside(original: Any, scaled: Any, bounds: tuple[int, int] | None) -> Any:
+    """Keep an integer boundary that was inside the run inside the scaled run."""
+    if bounds is None or not isinstance(scaled, int) or isinstance(scaled, bool):
+        return scaled
+    epochs, new_epochs = bounds
+    if 0 < original < epochs:
+        return min(scaled, new_epochs - 1)
+    return scaled
 
 
 def _scale_number(v: Any, scale: float, key: str) -> Any:
