@@ -42,7 +42,7 @@ from neuroplastic.lp.topology import GROW_SCORES, GrowController, growth_score, 
 from neuroplastic.masks import Constant, CosineDecay, MaskEngine, grow_by_score, random_masks, uniform
 from neuroplastic.masks.engine import unwrap
 from neuroplastic.methods.base import CapacityMethod
-from neuroplastic.metrics import count_weights
+from neuroplastic.metrics import count_weights, layer_flops
 
 ANNEALS = ("cosine", "constant")
 
@@ -97,6 +97,9 @@ class LpSS(CapacityMethod):
         Seed of the initial masks.
     sample_size:
         Number of ``|w|`` values per constrained layer in :meth:`snapshot`.
+    input_shape:
+        Input shape without the batch dimension (e.g. ``[1, 28, 28]``); with it, :meth:`metrics` reports
+        ``flops_sparse_inference`` (each layer's dense forward FLOPs times its mask density).
     """
 
     name = "lpss"
@@ -123,6 +126,7 @@ class LpSS(CapacityMethod):
         exclude: list[str] | None = None,
         seed: int = 0,
         sample_size: int = 4096,
+        input_shape: list[int] | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(model)
         if not isinstance(optimizer, LpCGD):
@@ -170,6 +174,7 @@ class LpSS(CapacityMethod):
         masks = random_masks(shapes, uniform(shapes, 1.0 - initial_sparsity), generator, device=device)
         self.engine.set_masks(masks)
         self._attach()
+        self._flops = layer_flops(unwrap(model), input_shape) if input_shape is not None else None
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _attach(self) -> None:
@@ -261,7 +266,14 @@ class LpSS(CapacityMethod):
             "nonzero_masked_weights": nonzero,
             "grow_fraction": self.controller.grow_fraction,
             "drop_fraction": self.drop_schedule(max(self.steps - self.begin_step, 0)),
+            "flops_sparse_inference": self._sparse_flops(),
         }
+
+    def _sparse_flops(self) -> float | None:
+        if self._flops is None:
+            return None
+        density = self.engine.layer_density()
+        return float(sum(f * density.get(name, 1.0) for name, f in self._flops.items()))
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """``absw/<layer>``: ``sample_size`` evenly spaced entries of ``|w|``; ``p/<layer>``: the exponent."""
