@@ -11,6 +11,15 @@ from neuroplastic.lp import LpCGD, lp_norm
 from neuroplastic.methods.lpss import LpSS
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: extra intra-op threads only add contention on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 32, generator=g)
@@ -127,6 +136,14 @@ def test_metrics_and_snapshot():
     assert set(snap) == {"absw/0", "absw/2", "p/0", "p/2"}
     assert snap["absw/0"].shape == (100,) and snap["absw/0"].dtype == np.float16
     assert np.all(snap["absw/0"] >= 0) and float(snap["p/2"][0]) == pytest.approx(1.1, abs=1e-3)
+
+
+def test_sparse_flops_follow_the_layer_densities():
+    _, _, lpss = _setup(input_shape=[32])
+    density = lpss.engine.layer_density()
+    expected = 2 * (2048 * density["0"] + 4096 * density["2"] + 256 * density["4"])
+    assert lpss.metrics()["flops_sparse_inference"] == pytest.approx(expected)
+    assert _setup()[2].metrics()["flops_sparse_inference"] is None
 
 
 def test_state_dict_round_trip_gives_identical_next_steps():
