@@ -205,3 +205,27 @@ def test_needs_lpcgd_and_gradients():
     lpss = LpSS(net, opt, target_sparsity=0.5, epochs=1, steps_per_epoch=10, begin=0.0)
     with pytest.raises(RuntimeError, match="needs the gradient"):
         lpss.step()  # step 0 is an update step, and no backward has run
+
+
+@pytest.mark.parametrize(
+    ("recipe", "target", "p_first", "p_rest"),
+    [("lpss-fashion-s90", 0.9, 1.2, 1.07), ("lpss-fashion-s50", 0.5, 1.4, 1.3)],
+)
+def test_shipped_recipes_build_the_reference_setting(recipe, target, p_first, p_rest):
+    from neuroplastic.models import get_model
+    from neuroplastic.recipes.runner import build_training, resolve
+
+    model = get_model("wrn_lpss", num_classes=10, in_channels=1)
+    method, (opt,), (schedule,) = build_training(resolve(recipe), model, steps_per_epoch=10)
+    assert isinstance(method, LpSS) and method.target_sparsity == target
+    assert list(opt.layer_p.values()) == [p_first] * 4 + [p_rest] * 12  # the 16 block convs, stem excluded
+    assert "conv1" not in opt.layer_p and "fc" not in opt.layer_p
+    # mean-loss conversion of the reference's lr = vals / 256: the constrained mixing weight is vals / 256,
+    # plain SGD (stem, shortcuts, fc, BN, biases) gets vals
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.04 / 256, 0.04 / 256, 0.04])
+    opt.step()  # no gradients yet: changes nothing, but the scheduler expects an optimizer step first
+    for _ in range(250):  # 25 of 50 epochs: the schedule lies between the knots 16.67 (0.5) and 47 (0.004)
+        schedule.step()
+    expected = 0.5 + (25 - 50 / 3) / (47 - 50 / 3) * (0.004 - 0.5)
+    assert opt.param_groups[-1]["lr"] == pytest.approx(expected, rel=1e-5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected / 256, rel=1e-5)
