@@ -130,6 +130,22 @@ def test_unconstrained_parameters_follow_torch_sgd_exactly():
         assert torch.equal(pa, pb)
 
 
+def test_masked_unconstrained_parameters_are_sgd_on_the_masked_gradient():
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(5, 4, generator=g) < 0.5
+    start = torch.randn(5, 4, generator=g) * mask
+    a, b = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    ours = LpCGD([a], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+    ours.set_mask(a, mask)
+    ref = torch.optim.SGD([b], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2, foreach=False)
+    for _ in range(6):
+        grad = torch.randn(5, 4, generator=g)
+        a.grad, b.grad = grad.clone(), grad * mask  # masked weights are 0, so decay adds nothing there
+        ours.step()
+        ref.step()
+        assert torch.equal(a.detach(), b.detach()) and torch.all(a[~mask] == 0)
+
+
 def test_for_model_groups_and_unconstrained_lr():
     net = _Net()
     opt = LpCGD.for_model(net, lr=0.01, p_first=1.3, p_rest=1.1, n_first=1, unconstrained_lr=0.4)
