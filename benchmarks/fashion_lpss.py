@@ -34,8 +34,13 @@ def subset_loader(train_size: int, val_size: int, seed: int):
         g = torch.Generator().manual_seed(seed)
         tr = torch.randperm(len(splits.train_y), generator=g)[:train_size].to(splits.train_y.device)
         va = torch.randperm(len(splits.val_y), generator=g)[:val_size].to(splits.val_y.device)
-        return dataclasses.replace(splits, train_x=splits.train_x[tr], train_y=splits.train_y[tr],
-                                   val_x=splits.val_x[va], val_y=splits.val_y[va])
+        return dataclasses.replace(
+            splits,
+            train_x=splits.train_x[tr],
+            train_y=splits.train_y[tr],
+            val_x=splits.val_x[va],
+            val_y=splits.val_y[va],
+        )
 
     return load
 
@@ -57,9 +62,18 @@ def main() -> None:
     result = runner.execute(prep, progress=False)
     metrics = prep.method.metrics()
     keep = ("mask_sparsity", "hoyer_net", "density", "params")
-    print(json.dumps({**result, **{k: metrics[k] for k in keep if k in metrics},
-                      "train_size": args.train_size, "val_size": args.val_size,
-                      "total_seconds": time.perf_counter() - t0}, indent=1))
+    print(
+        json.dumps(
+            {
+                **result,
+                **{k: metrics[k] for k in keep if k in metrics},
+                "train_size": args.train_size,
+                "val_size": args.val_size,
+                "total_seconds": time.perf_counter() - t0,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":
