@@ -249,3 +249,14 @@ def test_bad_settings_are_refused():
         opt.set_mask(nn.Parameter(torch.ones(3, 4)), torch.ones(3, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask shape"):
         opt.set_mask(w, torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_a_bad_group_is_refused_before_it_is_added():
+    w = nn.Parameter(torch.randn(3, 4))
+    opt = LpCGD([w], lr=0.1, p=1.2)
+    with pytest.raises(ValueError, match="p must be"):
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(2, 2))], "p": 0.9})
+    assert len(opt.param_groups) == 1
+    v = nn.Parameter(torch.randn(2, 5) * 3)
+    opt.add_param_group({"params": v, "p": 1.5})  # a single tensor is accepted, and projected
+    assert float(lp_norm(v.detach(), 1.5).sub(1).abs().max()) < 1e-6

@@ -85,9 +85,11 @@ class LpCGD(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking its settings; constrained weights are projected onto the sphere."""
-        super().add_param_group(param_group)
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        self._check_group({**self.defaults, **param_group, "params": params})  # before the group is added
+        super().add_param_group({**param_group, "params": params})
         group = self.param_groups[-1]
-        self._check_group(group)
         if group["p"] is not None:
             with torch.no_grad():
                 for param in group["params"]:
