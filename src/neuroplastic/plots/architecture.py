@@ -1,0 +1,135 @@
+"""The architecture over epochs: open units per gated layer, live parameters, stages and events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
+
+from neuroplastic.plots.rundata import PlotDataError, RunData
+from neuroplastic.plots.style import WIDTH_PX, draw_stages, new_figure, save_png, stage_spans
+
+__all__ = ["plot_architecture"]
+
+PLOT = "arch"
+
+# marker per event kind; kinds not listed get a diamond
+_EVENT_MARKERS = {"expand": "^", "grow": "^", "shrink": "v", "close": "v", "prune": "v", "compact": "s"}
+
+
+def plot_architecture(run: RunData, out_path: str | Path, *, width_px: int = WIDTH_PX, height_px: int = 620) -> Path:
+    """Render how the run's capacity changed, epoch by epoch, into a PNG at ``out_path``.
+
+    Top panel (runs with gated units: the history field ``arch``): open units of each gated layer,
+    log scale, one line per layer (named by ``layers``), with the capacity events of ``events.jsonl``
+    (``expand`` as up-triangles) marked on the line of their layer. Bottom panel (history field
+    ``params``): live parameters, log scale, with validation accuracy on the right axis when recorded.
+    Stages (history ``stage``, or recipe stage epochs) are shaded on both.
+
+    Raises
+    ------
+    PlotDataError
+        if the history records neither ``arch`` nor ``params``.
+    """
+    run.require_fields(["arch", "params"], PLOT, any_of=True)
+    has_units, has_params = run.has_field("arch"), run.has_field("params")
+    fig = new_figure(width_px, height_px)
+    n_panels = int(has_units) + int(has_params)
+    axes = fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0]
+    spans = stage_spans(run)
+    panel = 0
+    if has_units:
+        _draw_units(axes[panel], run)
+        panel += 1
+    if has_params:
+        _draw_params(axes[panel], run)
+    for i, ax in enumerate(axes):
+        draw_stages(ax, spans, label=i == 0)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    method = run.method_name
+    fig.suptitle(f"{run.name}: architecture over training" + (f" ({method})" if method else ""), fontsize=12)
+    fig.tight_layout()
+    return save_png(fig, Path(out_path))
+
+
+def _layer_names(run: RunData, count: int) -> list[str]:
+    names: list[str] = []
+    for record in run.history:
+        if isinstance(record.get("layers"), list):
+            names = [str(n) for n in record["layers"]]
+    return names + [f"gate {i}" for i in range(len(names), count)]
+
+
+def _units_matrix(run: RunData) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs and an ``(epochs, layers)`` array of open units (NaN where a layer is not recorded)."""
+    epochs, arch = run.series("arch")
+    for i, row in enumerate(arch):
+        if not isinstance(row, list) or not all(isinstance(v, int | float) for v in row):
+            raise PlotDataError(
+                f"the '{PLOT}' plot needs 'arch' to be a list of unit counts; epoch {epochs[i]:g} has {row!r}"
+            )
+    width = max(len(row) for row in arch)
+    units = np.full((len(arch), width), np.nan)
+    for i, row in enumerate(arch):
+        units[i, : len(row)] = row
+    return epochs, units
+
+
+def _draw_units(ax: Axes, run: RunData) -> None:
+    epochs, units = _units_matrix(run)
+    names = _layer_names(run, units.shape[1])
+    colors: dict[str, Any] = {}
+    for j, name in enumerate(names[: units.shape[1]]):
+        # a closed layer (0 units) cannot sit on a log axis: draw it at 0.8 (below 1) instead
+        (line,) = ax.plot(epochs, np.where(units[:, j] > 0, units[:, j], 0.8), lw=1.6, label=name)
+        colors[name] = line.get_color()
+    kinds = _draw_events(ax, run, epochs, units, names, colors)
+    ax.set_yscale("log")
+    ax.set_ylabel("open units")
+    handles, labels = ax.get_legend_handles_labels()
+    for kind in kinds:
+        handles.append(Line2D([], [], ls="", marker=_EVENT_MARKERS.get(kind, "D"), color="0.2"))
+        labels.append(f"{kind} event")
+    ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+
+
+def _draw_events(
+    ax: Axes, run: RunData, epochs: np.ndarray, units: np.ndarray, names: list[str], colors: dict[str, Any]
+) -> list[str]:
+    """Mark each event that names a gated layer at (its epoch, that layer's open units then)."""
+    kinds: list[str] = []
+    for event in run.events:
+        layer, epoch = event.get("layer"), event.get("epoch")
+        if layer not in colors or not isinstance(epoch, int | float) or not len(epochs):
+            continue
+        kind = str(event.get("event", "event"))
+        row = int(np.argmin(np.abs(epochs - epoch)))
+        value = units[row, names.index(layer)]
+        ax.plot(
+            [epoch], [value if value > 0 else 0.8], ls="", marker=_EVENT_MARKERS.get(kind, "D"),
+            ms=6, color=colors[layer], markeredgecolor="0.15", markeredgewidth=0.6, zorder=3,
+        )
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def _draw_params(ax: Axes, run: RunData) -> None:
+    epochs, params = run.series("params")
+    ax.plot(epochs, np.maximum(np.array(params, dtype=float), 1), color="k", lw=1.8, label="live params")
+    ax.set_yscale("log")
+    ax.set_ylabel("live params")
+    handles, labels = ax.get_legend_handles_labels()
+    if run.has_field("val_acc"):
+        right = ax.twinx()
+        acc_epochs, acc = run.series("val_acc")
+        (line,) = right.plot(acc_epochs, np.array(acc, dtype=float) * 100, color="tab:red", lw=1.2, alpha=0.8)
+        right.set_ylabel("val accuracy (%)", color="tab:red")
+        right.tick_params(axis="y", colors="tab:red")
+        handles.append(line)
+        labels.append("val accuracy")
+    ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.08, 0.5), fontsize=8, frameon=False)
