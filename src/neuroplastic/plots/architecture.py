@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
 
 from neuroplastic.plots.rundata import PlotDataError, RunData
 from neuroplastic.plots.style import WIDTH_PX, draw_stages, new_figure, save_png, stage_spans
@@ -56,6 +57,13 @@ def plot_architecture(run: RunData, out_path: str | Path, *, width_px: int = WID
     return save_png(fig, Path(out_path))
 
 
+def _plain_log_axis(ax: Axes) -> None:
+    """Log y axis labelled with plain numbers (30, 200) rather than 3x10^1, minor ticks on short ranges."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.6)))
+
+
 def _layer_names(run: RunData, count: int) -> list[str]:
     names: list[str] = []
     for record in run.history:
@@ -88,7 +96,7 @@ def _draw_units(ax: Axes, run: RunData) -> None:
         (line,) = ax.plot(epochs, np.where(units[:, j] > 0, units[:, j], 0.8), lw=1.6, label=name)
         colors[name] = line.get_color()
     kinds = _draw_events(ax, run, epochs, units, names, colors)
-    ax.set_yscale("log")
+    _plain_log_axis(ax)
     ax.set_ylabel("open units")
     handles, labels = ax.get_legend_handles_labels()
     for kind in kinds:
@@ -121,13 +129,16 @@ def _draw_events(
 def _draw_params(ax: Axes, run: RunData) -> None:
     epochs, params = run.series("params")
     ax.plot(epochs, np.maximum(np.array(params, dtype=float), 1), color="k", lw=1.8, label="live params")
-    ax.set_yscale("log")
+    _plain_log_axis(ax)
     ax.set_ylabel("live params")
     handles, labels = ax.get_legend_handles_labels()
     if run.has_field("val_acc"):
         right = ax.twinx()
         acc_epochs, acc = run.series("val_acc")
-        (line,) = right.plot(acc_epochs, np.array(acc, dtype=float) * 100, color="tab:red", lw=1.2, alpha=0.8)
+        acc = np.array(acc, dtype=float)
+        # accuracies are recorded as fractions (0-1); a history already in percent is shown as is
+        percent = acc if np.nanmax(acc) > 1.0 else acc * 100
+        (line,) = right.plot(acc_epochs, percent, color="tab:red", lw=1.2, alpha=0.8)
         right.set_ylabel("val accuracy (%)", color="tab:red")
         right.tick_params(axis="y", colors="tab:red")
         handles.append(line)

@@ -34,6 +34,18 @@ def _p_label(snap: Snapshot, layer: str) -> str:
     return f"epoch {snap.epoch}, p = {value:.3g}"
 
 
+def _log_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """``bins + 1`` log-spaced edges over the positive ``values`` (at most 12 decades below the largest)."""
+    positive = values[values > 0]
+    if not positive.size:
+        return np.geomspace(1e-3, 1.0, bins + 1)
+    high = float(positive.max())
+    low = max(float(positive.min()), high * 1e-12)
+    if low >= high:
+        low, high = high / 2, high * 2
+    return np.geomspace(low, high, bins + 1)
+
+
 def plot_lp_weights(
     run: RunData, out_path: str | Path, *, max_snapshots: int = 4, bins: int = 40, width_px: int = WIDTH_PX
 ) -> Path:
@@ -41,8 +53,9 @@ def plot_lp_weights(
 
     Reads ``absw/<layer>`` (a sample of the layer's weight magnitudes) and ``p/<layer>`` from up to
     ``max_snapshots`` snapshots evenly spread over the run (first and last kept), one panel per layer
-    (at most ``MAX_LAYER_PANELS``, evenly chosen), density on a log axis so the mass near zero and the
-    tail both show.
+    (at most ``MAX_LAYER_PANELS``, evenly chosen). The ``|w|`` axis is logarithmic, because as p nears 1
+    most weights of a unit are crushed towards zero by orders of magnitude; the share of exact zeros
+    (masked weights) is given in the legend.
 
     Raises
     ------
@@ -68,21 +81,26 @@ def plot_lp_weights(
     colours = colormaps["viridis"]
     for ax, layer in zip(axes, shown, strict=False):
         samples = [(snap, np.abs(snap.group("absw").get(layer, np.zeros(0))).ravel()) for snap in snaps]
-        top = max((float(s.max()) for _, s in samples if s.size), default=1.0) or 1.0
-        edges = np.linspace(0.0, top, bins + 1)
+        edges = _log_edges(np.concatenate([values for _, values in samples]), bins)
         for i, (snap, values) in enumerate(samples):
-            if values.size:
-                ax.hist(values, bins=edges, density=True, histtype="step", lw=1.5,
-                        color=colours(i / max(1, len(samples) - 1) * 0.9), label=_p_label(snap, layer))
-        ax.set_yscale("log")
+            if not values.size:
+                continue
+            # a log axis cannot show exact zeros (masked weights, or float16 underflow below 6e-8):
+            # their share goes into the label
+            zero = float(np.mean(values == 0))
+            ax.hist(values[values > 0], bins=edges, weights=np.full(int((values > 0).sum()), 1 / values.size),
+                    histtype="step", lw=1.5, color=colours(i / max(1, len(samples) - 1) * 0.9),
+                    label=_p_label(snap, layer) + (f", {zero:.1%} zero" if zero > 0 else ""))
+        ax.set_xscale("log")
         ax.set_title(layer, fontsize=9)
         ax.set_xlabel("|w|", fontsize=8)
+        ax.set_ylabel("fraction of weights", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, frameon=False)
     for ax in axes[len(shown):]:
         ax.set_axis_off()
     note = "" if len(shown) == len(layers) else f", {len(shown)} of {len(layers)} layers"
-    fig.suptitle(f"{run.name}: |w| per layer (density, log scale{note})", fontsize=12)
+    fig.suptitle(f"{run.name}: weight magnitudes per layer{note}", fontsize=12)
     fig.tight_layout()
     return save_png(fig, Path(out_path))
 
