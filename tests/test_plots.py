@@ -24,7 +24,8 @@ from neuroplastic.plots import (
 from neuroplastic.plots.cli import main
 
 EPOCHS = 10
-NPN_GATES = {"conv1": 6, "conv2": 10, "fc1": 30}
+# named as NPN names its gate sites: "<layer>:<side>"
+NPN_GATES = {"conv1:out": 6, "conv2:out": 10, "fc1:in": 30}
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -46,14 +47,15 @@ def make_npn_run(root: Path, *, checkpoint: bool = True) -> Path:
     """A conv NPN run: 3 stages, units closing in conv2/fc1, one expansion of fc1, a snapshot each epoch."""
     run = root / "npn"
     run.mkdir()
-    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": "npn-tiny", "method": {"name": "npn"}}))
+    recipe = {"name": "npn-tiny", "method": {"name": "npn", "stages": [3, 8]}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     gen = np.random.default_rng(0)
     history = []
     for epoch in range(EPOCHS):
-        stage = "pretrain" if epoch < 3 else ("plastic" if epoch < 8 else "harden")
+        stage = 1 if epoch < 3 else (2 if epoch < 8 else 3)
         arch = [6, 10 - max(0, epoch - 3), 30 - 2 * max(0, epoch - 3) + (epoch >= 4)]
         params = 25 * arch[0] + 25 * arch[0] * arch[1] + arch[2] * 10
-        history.append({**_common(epoch), "k": 5000 if stage != "plastic" else 7, "stage": stage, "arch": arch,
+        history.append({**_common(epoch), "k": 5000.0 if stage != 2 else 7.0, "stage": stage, "arch": arch,
                          "layers": list(NPN_GATES), "params": params, "expected_l0": float(sum(arch))})
         pis = {}
         for (name, size), n_open in zip(NPN_GATES.items(), arch, strict=True):
@@ -62,7 +64,7 @@ def make_npn_run(root: Path, *, checkpoint: bool = True) -> Path:
             pis[f"pi/{name}"] = pi
         _snapshot(run, epoch, pis)
     _write_jsonl(run / "history.jsonl", history)
-    _write_jsonl(run / "events.jsonl", [{"epoch": 4, "event": "expand", "layer": "fc1", "unit": 24}])
+    _write_jsonl(run / "events.jsonl", [{"epoch": 4, "step": 40, "event": "expand", "layer": "fc1", "units": [24]}])
     if checkpoint:
         state = {"conv1.weight": torch.randn(6, 1, 5, 5), "conv1.bias": torch.zeros(6),
                  "conv2.weight": torch.randn(10, 6, 5, 5), "fc1.weight": torch.randn(30, 40)}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from neuroplastic.plots.architecture import _event_gates
 from neuroplastic.plots.neurons import CMAP, _panel_image, first_conv_filters, montage
 from neuroplastic.plots.rundata import PlotDataError, RunData, load_run, read_jsonl
 from neuroplastic.plots.style import pick_frames, stage_spans
@@ -107,14 +108,18 @@ def test_stage_spans_from_history_changes(tmp_path):
     assert stage_spans(run) == [(-0.5, 1.5, "pre"), (1.5, 4.5, "plastic"), (4.5, 5.5, "harden")]
     numbered = RunData(tmp_path, [{"epoch": 1, "stage": 0}, {"epoch": 2, "stage": 1}])
     assert stage_spans(numbered) == [(0.5, 1.5, "stage 0"), (1.5, 2.5, "stage 1")]
+    npn = RunData(tmp_path, [{"epoch": 0, "stage": 1, "k": 5000.0}, {"epoch": 1, "stage": 2, "k": 7.0}])
+    assert [label for _, _, label in stage_spans(npn)] == ["1: pre-train", "2: plastic"]
 
 
 def test_stage_spans_from_recipe_are_clipped_to_recorded_epochs(tmp_path):
     history = [{"epoch": e} for e in range(6)]
-    run = RunData(tmp_path, history, recipe={"method": {"name": "npn", "stage_epochs": [2, 50]}})
+    run = RunData(tmp_path, history, recipe={"method": {"name": "hc", "stage_epochs": [2, 50]}})
     # the third stage (from epoch 50) was never reached by this 6-epoch run
-    assert stage_spans(run) == [(-0.5, 1.5, "stage 0"), (1.5, 5.5, "stage 1")]
+    assert stage_spans(run) == [(-0.5, 1.5, "stage 1"), (1.5, 5.5, "stage 2")]
     assert stage_spans(RunData(tmp_path, history)) == []
+    npn = RunData(tmp_path, history, recipe={"method": {"name": "npn", "stages": [0, 4]}})
+    assert stage_spans(npn) == [(-0.5, 3.5, "2: plastic"), (3.5, 5.5, "3: harden")]
 
 
 def test_pick_frames_spreads_evenly_and_keeps_both_ends():
@@ -149,14 +154,25 @@ def test_panel_keeps_its_grid_when_a_frame_has_fewer_units():
     assert full.shape == fewer.shape == (3 * 5 - 1, 3 * 5 - 1, 3)
 
 
+def test_events_are_matched_to_gates_by_gate_then_layer():
+    names = ["conv1:out", "fc1:in", "fc1:out", "fc2"]
+    assert _event_gates({"gate": "fc1:out", "layer": "fc1"}, names) == ["fc1:out"]
+    assert _event_gates({"layer": "fc2"}, names) == ["fc2"]
+    assert _event_gates({"layer": "conv1"}, names) == ["conv1:out"]
+    # NPN events name the layer only: a layer with two gates gets the mark on both
+    assert _event_gates({"layer": "fc1"}, names) == ["fc1:in", "fc1:out"]
+    assert _event_gates({"layer": "conv9"}, names) == []
+    assert _event_gates({"event": "mask_update"}, names) == []
+
+
 def test_first_conv_filters_found_by_name_and_scaled_per_filter():
     weight = torch.zeros(2, 2, 1, 2)
     weight[0, 0, 0] = torch.tensor([1.0, 3.0])   # channel mean of filter 0: [0.5, 1.5]
     weight[1, 1, 0] = torch.tensor([-4.0, 0.0])  # channel mean of filter 1: [-2.0, 0.0]
     state = {"body.conv1.weight": weight, "body.conv1.bias": torch.zeros(2),
              "body.conv2.weight": torch.ones(3, 2, 1, 1)}
-    gate, images = first_conv_filters(state, {"fc_in": 5, "conv1": 2})
-    assert gate == "conv1"
+    gate, images = first_conv_filters(state, {"fc1:in": 5, "conv1:in": 2, "conv1:out": 2})
+    assert gate == "conv1:out"
     np.testing.assert_allclose(images[:, 0], [[0.0, 1.0], [0.0, 1.0]])
 
 

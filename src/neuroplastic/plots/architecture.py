@@ -95,6 +95,7 @@ def _draw_units(ax: Axes, run: RunData) -> None:
         # a closed layer (0 units) cannot sit on a log axis: draw it at 0.8 (below 1) instead
         (line,) = ax.plot(epochs, np.where(units[:, j] > 0, units[:, j], 0.8), lw=1.6, label=name)
         colors[name] = line.get_color()
+    names = names[: units.shape[1]]
     kinds = _draw_events(ax, run, epochs, units, names, colors)
     _plain_log_axis(ax)
     ax.set_ylabel("open units")
@@ -111,19 +112,37 @@ def _draw_events(
     """Mark each event that names a gated layer at (its epoch, that layer's open units then)."""
     kinds: list[str] = []
     for event in run.events:
-        layer, epoch = event.get("layer"), event.get("epoch")
-        if layer not in colors or not isinstance(epoch, int | float) or not len(epochs):
+        epoch = event.get("epoch")
+        gates = _event_gates(event, names)
+        if not gates or not isinstance(epoch, int | float) or not len(epochs):
             continue
         kind = str(event.get("event", "event"))
         row = int(np.argmin(np.abs(epochs - epoch)))
-        value = units[row, names.index(layer)]
-        ax.plot(
-            [epoch], [value if value > 0 else 0.8], ls="", marker=_EVENT_MARKERS.get(kind, "D"),
-            ms=6, color=colors[layer], markeredgecolor="0.15", markeredgewidth=0.6, zorder=3,
-        )
+        for gate in gates:
+            value = units[row, names.index(gate)]
+            ax.plot(
+                [epoch], [value if value > 0 else 0.8], ls="", marker=_EVENT_MARKERS.get(kind, "D"),
+                ms=6, color=colors[gate], markeredgecolor="0.15", markeredgewidth=0.6, zorder=3,
+            )
         if kind not in kinds:
             kinds.append(kind)
     return kinds
+
+
+def _event_gates(event: dict[str, Any], names: list[str]) -> list[str]:
+    """The gated layers an event is about: its ``gate`` if recorded, else its ``layer``.
+
+    NPN names gates ``"<layer>:<side>"`` while its events name the ``layer``; an event of a layer
+    with two gates (``fc1:in`` and ``fc1:out``) cannot be told apart and is marked on both.
+    """
+    for key in ("gate", "layer"):
+        value = event.get(key)
+        if value in names:
+            return [value]
+    layer = event.get("layer")
+    if not isinstance(layer, str):
+        return []
+    return [name for name in names if name.partition(":")[0] == layer]
 
 
 def _draw_params(ax: Axes, run: RunData) -> None:

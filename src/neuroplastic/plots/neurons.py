@@ -52,21 +52,30 @@ def montage(tiles: np.ndarray, cols: int, *, gap: int = 1, background: np.ndarra
     return image[: image.shape[0] - gap, : image.shape[1] - gap]
 
 
+def _gates_outputs_of(gate: str, module: str) -> bool:
+    """Whether gate ``gate`` (``"<layer>"`` or NPN's ``"<layer>:out"``) gates the outputs of ``module``."""
+    layer, _, side = gate.partition(":")
+    if side not in ("", "out"):
+        return False
+    return module == layer or module.endswith("." + layer) or layer.endswith("." + module)
+
+
 def first_conv_filters(state: dict[str, Any], gates: dict[str, int]) -> tuple[str, np.ndarray] | None:
     """Find the gate of the model's first convolution and its filters as ``(n, kh, kw)`` grey images.
 
     The first convolution is the first 4-D ``...weight`` tensor of the state dict (parametrized
-    weights, ``...weight.original``, count too). Its gate is the gate of the same module name, or
+    weights, ``...weight.original``, count too). Its gate is the output gate of the same module, or
     else the first gate when that has exactly as many units as the convolution has output channels.
     Each filter is averaged over its input channels and scaled to 0..1 on its own. ``None`` when the
-    model has no convolution or no gate matches it.
+    model has no convolution or no gate matches it. Gate names follow NPN's ``"<layer>:<side>"``; only
+    an ``out`` gate (or a bare layer name) gates a convolution's filters.
     """
     for key, value in state.items():
         shape = tuple(getattr(value, "shape", ()))
         if len(shape) != 4 or not (key.endswith(".weight") or key.endswith(".weight.original")):
             continue
         module = key.split(".parametrizations.")[0].removesuffix(".weight")
-        named = [g for g in gates if module == g or module.endswith("." + g) or g.endswith("." + module)]
+        named = [g for g in gates if _gates_outputs_of(g, module)]
         first = next(iter(gates), None)
         gate = named[0] if named else (first if first is not None and gates[first] == shape[0] else None)
         if gate is None or gates[gate] != shape[0]:

@@ -140,12 +140,13 @@ class RunData:
         epochs, values = self.series(name)
         keys: list[str] = []
         for epoch, value in zip(epochs, values, strict=True):
-            if not isinstance(value, dict) or not all(isinstance(v, int | float) for v in value.values()):
+            # None stands for a non-finite number (JSON has no NaN)
+            if not isinstance(value, dict) or not all(isinstance(v, int | float | None) for v in value.values()):
                 raise PlotDataError(
                     f"the '{plot}' plot needs '{name}' to map layer names to numbers; epoch {epoch:g} has {value!r}"
                 )
             keys += [k for k in value if k not in keys]
-        table = {k: np.array([v.get(k, np.nan) for v in values], dtype=float) for k in keys}
+        table = {k: np.array([v.get(k) for v in values], dtype=float) for k in keys}
         return epochs, table
 
     def record_at(self, epoch: int) -> dict[str, Any]:

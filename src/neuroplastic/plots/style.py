@@ -65,12 +65,14 @@ def stage_spans(run: RunData) -> list[tuple[float, float, str]]:
     stage after the first starts. Empty when neither is recorded.
     """
     epochs, stages = run.series("stage")
+    # NPN numbers its stages 1, 2, 3 and records its ``k``: name them as the paper does
+    npn = run.method_name == "npn" or run.has_field("k")
     if len(stages):
         spans: list[tuple[float, float, str]] = []
         start = 0
         for i in range(1, len(stages) + 1):
             if i == len(stages) or stages[i] != stages[start]:
-                spans.append((epochs[start] - 0.5, epochs[i - 1] + 0.5, _stage_label(stages[start])))
+                spans.append((epochs[start] - 0.5, epochs[i - 1] + 0.5, _stage_label(stages[start], npn)))
                 start = i
         return spans
     boundaries = _recipe_stage_epochs(run.recipe)
@@ -81,10 +83,17 @@ def stage_spans(run: RunData) -> list[tuple[float, float, str]]:
     last = float(all_epochs.max()) if len(all_epochs) else float(boundaries[-1])
     # clip to the recorded epochs: a run stopped early shows only the stages it reached
     edges = [first - 0.5, *[min(max(b - 0.5, first - 0.5), last + 0.5) for b in boundaries], last + 0.5]
-    return [(edges[i], edges[i + 1], f"stage {i}") for i in range(len(edges) - 1) if edges[i + 1] > edges[i]]
+    return [
+        (edges[i], edges[i + 1], _stage_label(i + 1, npn)) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]
+    ]
 
 
-def _stage_label(stage: Any) -> str:
+_NPN_STAGES = {1: "1: pre-train", 2: "2: plastic", 3: "3: harden"}
+
+
+def _stage_label(stage: Any, npn: bool) -> str:
+    if npn and stage in _NPN_STAGES:
+        return _NPN_STAGES[stage]
     return f"stage {stage}" if isinstance(stage, int | float) else str(stage)
 
 
@@ -92,7 +101,7 @@ def _recipe_stage_epochs(recipe: dict[str, Any]) -> list[float]:
     method = recipe.get("method")
     if not isinstance(method, dict):
         return []
-    for key in ("stage_epochs", "stages"):
+    for key in ("stages", "stage_epochs"):
         value = method.get(key)
         if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
             return sorted(float(v) for v in value)
