@@ -1,0 +1,405 @@
+"""Neural Plasticity Networks (Li & Ji, IJCNN 2021): stochastic unit gates, an expected-L0 penalty,
+the ARM/AR gradient estimators and the k stage scheduler, for sparsifying or expanding any model.
+
+Usage (see docs/npn.md)::
+
+    npn = NPN(model, mode="sparse", k=7, lam=0.1 / len(train_set), stages=(100, 350))
+    weights, gates = split_param_groups(model)
+    optimizer = torch.optim.Adam([{"params": weights}, {"params": gates}], lr=1e-3)
+    for epoch in range(epochs):
+        npn.set_epoch(epoch)
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = npn.backward(lambda: criterion(model(x), y))
+            optimizer.step()
+        npn.end_epoch(val_loss=evaluate(model))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuroplastic.gates import estimators
+from neuroplastic.gates.functions import gate_function
+from neuroplastic.gates.links import chain_links
+from neuroplastic.gates.sites import (
+    GateSite,
+    UnitGates,
+    attach,
+    default_placement,
+    detach,
+    make_site,
+    weighted_layers,
+)
+from neuroplastic.gates.stages import K_FROZEN, StageSchedule
+from neuroplastic.methods.base import CapacityMethod
+
+MODES = ("sparse", "expand")
+TEST_GATES = ("binary", "soft_reference")
+SAMPLING = ("batch", "sample")
+OPEN_LOGIT = 3.0  # k * phi of an open unit at construction: pi = sigmoid(3) = 0.95
+HIBERNATING_LOGIT = -40.0  # k * phi of a hibernating unit
+
+
+def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split ``model``'s parameters into (weights, gate logits), e.g. for SGD on weights + Adam on gates."""
+    gate_ids = {id(m.phi) for m in model.modules() if isinstance(m, UnitGates)}
+    params = list(model.parameters())
+    return [p for p in params if id(p) not in gate_ids], [p for p in params if id(p) in gate_ids]
+
+
+class NPN(CapacityMethod):
+    """Attach NPN gates to ``model`` and drive their training.
+
+    Parameters
+    ----------
+    model : the network; gates are attached in place (see :mod:`neuroplastic.gates.sites`).
+    mode : ``"sparse"`` (start with all units open, let the L0 penalty close them) or ``"expand"``
+        (start with ``init_active`` units open and open hibernating ones on validation improvement).
+    k : the plastic-stage ``k`` of ``g_k`` (paper: 7 to sparsify, 1 to expand).
+    lam : L0 penalty strength: a float for every site, a list in site order, or a dict keyed by layer
+        name. The penalty is ``sum_sites lam * sum_j pi_j * weights_per_unit`` (weights only, no biases:
+        an out-gate counts the unit's incoming weights, an in-gate the weights that read the feature).
+        Scale it yourself (the paper uses ``lam / N``).
+    gates : placement: ``None`` (out-gates on every Linear/Conv2d but the last layer), a list of layer
+        names (out-gates), or a dict ``{layer: "out" | "in"}``.
+    include, exclude : restrict the default placement by layer name.
+    init_active : units open at start per site (int, list, dict by layer, or None = all open); the
+        rest hibernate at ``k*phi = -40``, open units start at ``k*phi = +3``.
+    stages : ``(plastic_start, harden_start)`` epochs of the k schedule, or None (always plastic).
+    gate : ``"sigmoid"`` (NPN) or ``"hard_sigmoid"`` (L0-ARM's option), or a GateFunction.
+    estimator : ``"arm"`` (two passes, antithetic) or ``"ar"`` (one pass).
+    sampling : ``"batch"`` (one ``u`` per gate per mini-batch, as the paper) or ``"sample"`` (one per
+        gate per example; the closure must then return per-example losses).
+    test_gate : ``"binary"`` (``phi > 0`` open, default) or ``"soft_reference"`` (the reference code's
+        ``pi`` where ``pi >= 0.5``).
+    fill : ``k*phi`` given to a unit opened by expansion (the reference uses 0.1, 0 or 3 per script).
+    expand_step : hibernating units opened per layer per expansion event.
+    seed : seed of the generator that draws ``u`` (identical on every DDP rank by construction).
+    """
+
+    name = "npn"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str = "sparse",
+        k: float = 7.0,
+        lam: float | Sequence[float] | dict[str, float] = 0.0,
+        *,
+        gates: Sequence[str] | dict[str, str] | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        init_active: int | Sequence[int] | dict[str, int] | None = None,
+        stages: Sequence[int] | None = None,
+        k_frozen: float = K_FROZEN,
+        gate: str = "sigmoid",
+        estimator: str = "arm",
+        sampling: str = "batch",
+        test_gate: str = "binary",
+        fill: float = OPEN_LOGIT,
+        expand_step: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if estimator not in estimators.ESTIMATORS:
+            raise ValueError(f"estimator must be one of {estimators.ESTIMATORS}, got {estimator!r}")
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        if test_gate not in TEST_GATES:
+            raise ValueError(f"test_gate must be one of {TEST_GATES}, got {test_gate!r}")
+        if expand_step < 1:
+            raise ValueError(f"expand_step must be >= 1, got {expand_step}")
+        self.mode = mode
+        self.schedule = StageSchedule(k, stages, k_frozen)
+        self.gate_fn = gate_function(gate)
+        self.estimator = estimator
+        self.sampling = sampling
+        self.test_gate = test_gate
+        self.fill = float(fill)
+        self.expand_step = int(expand_step)
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+        placement = self._placement(model, gates, include, exclude)
+        self.sites: list[GateSite] = [make_site(model, layer, side) for layer, side in placement.items()]
+        self.lam = self._per_site("lam", lam, float, default=None)
+        active = self._per_site("init_active", init_active, int, default=None)
+        if mode == "expand" and any(a is None for a in active):
+            raise ValueError("mode='expand' needs init_active for every gated layer (units open at start)")
+        self.allocated: list[int] = []
+        for site, n_active in zip(self.sites, active, strict=True):
+            n_active = site.n if n_active is None else n_active
+            if not 0 <= n_active <= site.n:
+                raise ValueError(f"init_active for {site.layer!r} must be in [0, {site.n}], got {n_active}")
+            with torch.no_grad():
+                site.gates.phi.fill_(HIBERNATING_LOGIT / self.schedule.k)
+                site.gates.phi[:n_active] = OPEN_LOGIT / self.schedule.k
+            site.gates.prob_fn = self.gate_fn.prob
+            site.gates.eval_phase = "open" if test_gate == "binary" else "soft"
+            site.gates.per_sample = sampling == "sample"
+            site.gates.generator = self.generator
+            attach(model, site)
+            self.allocated.append(n_active)
+        self.best_loss = math.inf  # validation loss at the last expansion
+        self.events: list[dict[str, Any]] = []
+        self._links = chain_links(model)
+        self.set_epoch(0)
+
+    # -- construction helpers -------------------------------------------------------------------
+    @staticmethod
+    def _placement(model, gates, include, exclude) -> dict[str, str]:
+        if gates is None:
+            return default_placement(model, include, exclude)
+        if include is not None or exclude is not None:
+            raise ValueError("give either gates=... or include/exclude, not both")
+        if isinstance(gates, dict):
+            return dict(gates)
+        if isinstance(gates, str):
+            raise ValueError(f"gates must be a list of layer names or a dict {{layer: side}}, got {gates!r}")
+        return {layer: "out" for layer in gates}
+
+    def _per_site(self, arg: str, value, cast, default):
+        layers = [s.layer for s in self.sites]
+        if value is None:
+            return [default] * len(self.sites)
+        if isinstance(value, dict):
+            unknown = set(value) - set(layers)
+            if unknown:
+                raise ValueError(f"{arg} names unknown gated layers {sorted(unknown)}; gated layers: {layers}")
+            missing = set(layers) - set(value)
+            if missing:
+                raise ValueError(f"{arg} misses gated layers {sorted(missing)}")
+            return [cast(value[layer]) for layer in layers]
+        if isinstance(value, (list, tuple)):
+            if len(value) != len(layers):
+                raise ValueError(f"{arg} has {len(value)} entries but there are {len(layers)} gated layers {layers}")
+            return [cast(v) for v in value]
+        return [cast(value)] * len(layers)
+
+    # -- schedule -------------------------------------------------------------------------------
+    @property
+    def k(self) -> float:
+        return self.schedule(self.epoch)
+
+    @property
+    def stage(self) -> int:
+        return self.schedule.stage(self.epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        for site in self.sites:
+            site.gates.k = self.k
+
+    # -- the training step ----------------------------------------------------------------------
+    def penalty(self) -> torch.Tensor:
+        """The L0 penalty ``sum_sites lam * sum_j pi_j * weights_per_unit`` (differentiable)."""
+        total = self.sites[0].gates.phi.new_zeros(())
+        for site, lam in zip(self.sites, self.lam, strict=True):
+            if lam:
+                total = total + lam * site.weights_per_unit * site.gates.prob().sum()
+        return total
+
+    def expected_l0(self) -> float:
+        """Expected number of live gated weights, ``sum_j pi_j * weights_per_unit`` over all sites."""
+        with torch.no_grad():
+            return float(sum(s.weights_per_unit * s.gates.prob().sum() for s in self.sites))
+
+    def backward(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run the gated forward pass(es), back-propagate loss and penalty, write the gate gradients.
+
+        In frozen stages gates are the deterministic ``1[phi > 0]``, the gate logits get no gradient
+        (their ``.grad`` stays None so optimizers skip them) and only one pass is made.
+        """
+        if self.schedule.frozen(self.epoch):
+            with self._phase("open"):
+                loss = closure()
+                self._check_loss(loss)
+                loss.mean().backward()
+            return loss.detach().mean()
+        with self._phase("main"):
+            loss = closure()
+            self._check_loss(loss)
+            (loss.mean() + self.penalty()).backward()
+            u = [s.gates.u for s in self.sites]
+            if self.estimator == "arm":
+                with self._phase("anti", keep_u=True), torch.no_grad(), _frozen_norm_stats(self.model):
+                    anti = closure()
+                logit_grads = [estimators.arm_logit_grad(loss.detach(), anti.detach(), ui) for ui in u]
+            else:
+                logit_grads = [estimators.ar_logit_grad(loss.detach(), ui) for ui in u]
+        with torch.no_grad():
+            for site, g in zip(self.sites, logit_grads, strict=True):
+                phi = site.gates.phi
+                grad = _all_reduce_mean(g) * self.gate_fn.logit_slope(phi, self.k)
+                phi.grad = grad if phi.grad is None else phi.grad + grad
+        return loss.detach().mean()
+
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        if self.sampling == "batch" and loss.dim() != 0:
+            raise ValueError(f"closure must return a scalar loss with sampling='batch', got shape {tuple(loss.shape)}")
+        if self.sampling == "sample" and loss.dim() != 1:
+            raise ValueError(f"closure must return per-example losses with sampling='sample', got {tuple(loss.shape)}")
+
+    @contextmanager
+    def _phase(self, phase: str, keep_u: bool = False):
+        for site in self.sites:
+            site.gates.phase = phase
+            if not keep_u:
+                site.gates.u = None
+        try:
+            yield
+        finally:
+            for site in self.sites:
+                site.gates.phase = None
+                if phase != "main":
+                    site.gates.u = None
+
+    # -- expansion (Algorithm 1) ----------------------------------------------------------------
+    def end_epoch(self, val_loss: float | None = None) -> list[dict[str, Any]]:
+        """In expand mode and stage 2: on a new best validation loss, every layer whose allocated
+        units are all open gets its next ``expand_step`` hibernating units opened (``k*phi = fill``).
+
+        It stops by itself: no improvement (plateau) means no event, and a layer with a closed
+        allocated unit is not expanded. Returns the events (also kept in ``self.events``).
+        """
+        if self.mode != "expand" or self.stage != 2:
+            return []
+        if val_loss is None:
+            raise ValueError("NPN in expand mode needs end_epoch(val_loss=...) after each validation")
+        if not val_loss < self.best_loss:
+            return []
+        self.best_loss = float(val_loss)
+        events = []
+        for i, site in enumerate(self.sites):
+            n_open = int((site.gates.phi > 0).sum())
+            if self.allocated[i] >= site.n or n_open < self.allocated[i]:
+                continue
+            new = list(range(self.allocated[i], min(site.n, self.allocated[i] + self.expand_step)))
+            with torch.no_grad():
+                site.gates.phi[new] = self.fill / self.k
+            self.allocated[i] += len(new)
+            events.append({"epoch": self.epoch, "event": "expand", "layer": site.layer, "units": new,
+                           "val_loss": float(val_loss)})
+        self.events.extend(events)
+        return events
+
+    # -- reporting ------------------------------------------------------------------------------
+    def open_units(self) -> list[torch.Tensor]:
+        """Boolean open mask per site (``phi > 0``, the evaluation gate)."""
+        return [(s.gates.phi.detach() > 0) for s in self.sites]
+
+    def layer_open_masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """For every Linear/Conv2d: (open input features, open output units), closures propagated
+        along producer -> consumer links (a channel closed upstream closes the features reading it)."""
+        masks = {}
+        for name, m in weighted_layers(self.model).items():
+            n_out, n_in = m.weight.shape[0], m.weight.shape[1] * (getattr(m, "groups", 1) or 1)
+            masks[name] = [torch.ones(n_in, dtype=torch.bool), torch.ones(n_out, dtype=torch.bool)]
+        for site, open_ in zip(self.sites, self.open_units(), strict=True):
+            masks[site.layer][0 if site.side == "in" else 1] &= open_.cpu()
+        for _ in range(2):  # closing travels both ways along a link
+            for link in self._links:
+                prod_out, cons_in = masks[link.producer][1], masks[link.consumer][0]
+                cons_in &= prod_out.repeat_interleave(link.repeat)
+                prod_out &= cons_in.view(-1, link.repeat).any(1)
+        return {name: (m[0], m[1]) for name, m in masks.items()}
+
+    def live_weights(self) -> int:
+        """Weights whose input feature and output unit are both open (biases excluded)."""
+        total = 0
+        layers = weighted_layers(self.model)
+        for name, (open_in, open_out) in self.layer_open_masks().items():
+            w = layers[name].weight
+            kernel = w[0, 0].numel()
+            groups = getattr(layers[name], "groups", 1)
+            if groups == 1:
+                total += int(open_out.sum()) * int(open_in.sum()) * kernel
+            else:  # conservative for grouped convs: every input of an open output counts
+                total += int(open_out.sum()) * w.shape[1] * kernel
+        return total
+
+    def architecture(self) -> dict[str, Any]:
+        from neuroplastic.metrics import count_weights
+
+        return {
+            "layers": [s.name for s in self.sites],
+            "arch": [int(m.sum()) for m in self.open_units()],
+            "params": self.live_weights(),
+            "params_dense": count_weights(self.model),
+            "expected_l0": self.expected_l0(),
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        return {"k": self.k, "stage": self.stage, **self.architecture()}
+
+    def snapshot(self) -> dict[str, Any]:
+        with torch.no_grad():
+            return {f"pi/{s.name}": s.gates.prob().cpu().numpy().astype("float16") for s in self.sites}
+
+    # -- persistence ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "schedule": self.schedule.state_dict(),
+            "allocated": list(self.allocated),
+            "best_loss": self.best_loss,
+            "events": list(self.events),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+        self.allocated = list(state["allocated"])
+        self.best_loss = float(state["best_loss"])
+        self.events = list(state["events"])
+        self.generator.set_state(state["generator"])
+        self.set_epoch(state["epoch"])
+
+    def remove(self) -> None:
+        """Detach every gate from the model (hooks and gate parameters): the plain model is back."""
+        for site in self.sites:
+            detach(self.model, site)
+        self.sites = []
+
+    @classmethod
+    def from_recipe(cls, model: nn.Module, *, epochs: int, steps_per_epoch: int, **options: Any) -> NPN:
+        """Build from a recipe's ``method`` section (``epochs`` and ``steps_per_epoch`` are unused)."""
+        if "stages" in options and options["stages"] is not None and options["stages"][1] > epochs:
+            raise ValueError(f"method.stages {options['stages']} end after the run's {epochs} epochs")
+        return cls(model, **options)
+
+
+@contextmanager
+def _frozen_norm_stats(model: nn.Module):
+    """BatchNorm layers keep their mode (batch statistics in training) but do not update running
+    statistics: the antithetic pass must see the same normalisation as the main pass, and must not
+    count twice in the running averages."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [m.track_running_stats for m in norms]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, s in zip(norms, saved, strict=True):
+            m.track_running_stats = s
+
+
+def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Average a gate gradient over DDP ranks so every rank writes the same one (cheap: one float per
+    gate; with ``sampling="batch"`` every rank drew the same ``u`` from the identically seeded generator)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        x /= torch.distributed.get_world_size()
+    return x
