@@ -1,0 +1,148 @@
+"""The ``neuroplastic`` command line: one table of subcommands, each a parser setup and a handler.
+
+``neuroplastic run RECIPE [key=value ...]`` trains a recipe into a run folder, ``neuroplastic recipes``
+lists the shipped recipes, ``neuroplastic plot RUN_DIR`` draws a run (from :mod:`neuroplastic.plots.cli`).
+A new subcommand is one more :class:`Command` in :data:`COMMANDS`.
+
+Bad input ends with one line on stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import yaml
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, one line of help, its arguments, and what it does (returns an exit code)."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+def _fail(command: str, message: object) -> int:
+    print(f"neuroplastic {command}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+# -- run -----------------------------------------------------------------------------------------------
+def _configure_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a shipped recipe name (see `neuroplastic recipes`) or a path to a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. method.k=5 epochs_scale=0.1 data.batch_size=64")
+    p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--data-dir", help="data directory (default: $NEUROPLASTIC_DATA, else the user cache)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (history is still written)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from neuroplastic.recipes import RecipeError, execute, prepare
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        prep = prepare(args.recipe, args.overrides, out=args.out, data_dir=args.data_dir, device=args.device,
+                       resume=args.resume)
+    except (RecipeError, ValueError, TypeError, FileNotFoundError) as err:
+        # everything here is raised before the run folder is touched
+        return _fail("run", err)
+    print(f"run folder: {prep.run_dir}", file=sys.stderr)
+    try:
+        result = execute(prep, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: neuroplastic run {args.recipe} {' '.join(args.overrides)} "
+              f"--out {prep.run_dir} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    arch = result["arch"]
+    arch_text = "-".join(map(str, arch)) if isinstance(arch, list) else "dense"
+    print(f"{result['recipe']}: test accuracy {result['test_accuracy']:.4f} (val {result['val_accuracy']:.4f}, "
+          f"epoch {result['selected_epoch']}), arch {arch_text}, params {result['params']:,}/"
+          f"{result['params_dense']:,}, FLOPs {result['flops']:,}/{result['flops_dense']:,}; "
+          f"{prep.run_dir / 'results.json'}")
+    return 0
+
+
+# -- recipes -------------------------------------------------------------------------------------------
+def _configure_recipes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="show this recipe (after validation) instead of the list")
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from neuroplastic.recipes import RecipeError, shipped_recipes
+    from neuroplastic.recipes.config import load_recipe_file
+
+    if args.name is not None:
+        from neuroplastic.recipes.runner import find_recipe
+
+        try:
+            print(yaml.safe_dump(load_recipe_file(find_recipe(args.name)), sort_keys=False), end="")
+        except RecipeError as err:
+            return _fail("recipes", err)
+        return 0
+    recipes = shipped_recipes()
+    width = max(map(len, recipes), default=0)
+    for name, path in recipes.items():
+        description = load_recipe_file(path).get("description", "")
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+# -- plot (implemented in neuroplastic.plots.cli) -----------------------------------------------------
+def _configure_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER, help="RUN_DIR and the options of `neuroplastic plot`")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    try:
+        module = importlib.import_module("neuroplastic.plots.cli")
+    except ModuleNotFoundError as err:
+        if err.name is not None and "neuroplastic.plots.cli".startswith(err.name):
+            return _fail("plot", "the plotting module neuroplastic.plots.cli is not part of this build")
+        raise
+    code = module.main(list(args.args))
+    return int(code or 0)
+
+
+COMMANDS: list[Command] = [
+    Command("run", "train a recipe into a run folder (results.json, history, checkpoints)", _configure_run, _run),
+    Command("recipes", "list the shipped recipes, one line each", _configure_recipes, _recipes),
+    Command("plot", "draw the pictures of a run folder", _configure_plot, _plot),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="neuroplastic", description="Networks that change their capacity.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(p)
+        p.set_defaults(handler=command.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``neuroplastic`` script; returns the exit code (argparse errors exit with 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Recipe -> data, model, optimizers, method -> :func:`~neuroplastic.train.fit` -> ``results.json``.
+
+:func:`prepare` does everything that can fail on bad input (recipe checks, data loading, model and method
+construction, the run-folder checks) without writing anything; :func:`execute` then writes the run folder
+and trains. The CLI turns a :class:`RecipeError` (and the ``ValueError``/``TypeError``/missing-file errors
+of the builders) raised by :func:`prepare` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.metrics import count_flops
+from neuroplastic.recipes import registry
+from neuroplastic.recipes.config import RecipeError, apply_overrides, load_recipe_file, scale_epochs, validate
+from neuroplastic.train.checkpoint import seed_everything
+from neuroplastic.train.loop import CHECKPOINT, fit
+from neuroplastic.train.optim import build_optimizer, build_schedule
+
+RECIPE_DIR = Path(__file__).parent
+RESULTS = "results.json"
+RECIPE_FILE = "recipe.yaml"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> path of every recipe shipped with the package."""
+    return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
+
+
+def find_recipe(ref: str | Path) -> Path:
+    """A shipped recipe name, or a path to a YAML file."""
+    shipped = shipped_recipes()
+    if str(ref) in shipped:
+        return shipped[str(ref)]
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    raise RecipeError(f"no recipe {str(ref)!r}: not a shipped recipe ({', '.join(shipped)}) nor a YAML file")
+
+
+def resolve(ref: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a recipe, apply overrides, validate it and apply ``epochs_scale``: the recipe a run executes."""
+    raw = apply_overrides(load_recipe_file(find_recipe(ref)), overrides)
+    cfg = validate(raw, method_keys=registry.method_option_keys)
+    return validate(scale_epochs(cfg, cfg["epochs_scale"]), method_keys=registry.method_option_keys)
+
+
+@dataclass
+class Prepared:
+    """Everything :func:`execute` needs; built by :func:`prepare` without touching the disk."""
+
+    recipe: dict[str, Any]
+    run_dir: Path
+    resume: bool
+    model: nn.Module
+    method: CapacityMethod
+    optimizers: list[torch.optim.Optimizer]
+    schedules: list[Any]
+    loaders: dict[str, Any]
+    input_shape: tuple[int, ...]
+    flops_dense: int
+
+
+def prepare(
+    ref: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+) -> Prepared:
+    """Check the recipe and the run folder, load the data, build model, optimizers and method."""
+    recipe = resolve(ref, overrides)
+    run_dir = Path(out) if out is not None else Path("runs") / recipe["name"]
+    _check_run_dir(run_dir, recipe, resume)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise RecipeError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RecipeError(f"device {device!r} asked for, but torch sees no CUDA device")
+    seed_everything(recipe["seed"])
+    splits, loaders = load_data(recipe, data_dir, device)
+    model = build_model(recipe, splits).to(device)
+    flops_dense = count_flops(model, splits.input_shape)
+    method, optimizers, schedules = build_training(recipe, model, steps_per_epoch=len(loaders["train"]))
+    return Prepared(recipe, run_dir, resume, model, method, optimizers, schedules, loaders,
+                    tuple(splits.input_shape), flops_dense)
+
+
+def load_data(recipe: dict[str, Any], data_dir: str | Path | None, device: str) -> tuple[Any, dict[str, Any]]:
+    """The data set's splits and the train/val/test loaders the recipe asks for."""
+    from neuroplastic.data import load_dataset
+
+    data = recipe["data"]
+    splits = load_dataset(data["name"], data_dir=data_dir, val_size=data["val_size"], seed=recipe["seed"],
+                          device=device)
+    aug = data["augment"]
+    train = splits.train_loader(data["batch_size"], seed=recipe["seed"], normalize=data["normalize"],
+                                augment=False, crop_padding=aug["crop_padding"], padding_mode=aug["padding_mode"],
+                                hflip=aug["flip"], cutout=aug["cutout"])
+    loaders = {split: splits.eval_loader(split, data["eval_batch_size"], normalize=data["normalize"])
+               for split in ("val", "test")}
+    return splits, {"train": train, **loaders}
+
+
+def build_model(recipe: dict[str, Any], splits: Any) -> nn.Module:
+    """The recipe's model (a zoo name or ``"module:function"``), sized for the data set."""
+    from neuroplastic.models import get_model
+
+    kwargs = dict(recipe["model"]["kwargs"])
+    kwargs.setdefault("num_classes", splits.num_classes)
+    kwargs.setdefault("in_channels", splits.input_shape[0])
+    return get_model(recipe["model"]["name"], **kwargs)
+
+
+def build_training(
+    recipe: dict[str, Any], model: nn.Module, *, steps_per_epoch: int
+) -> tuple[CapacityMethod, list[torch.optim.Optimizer], list[Any]]:
+    """Method, optimizers and per-step LR schedules, built in the order the method needs."""
+    method_cfg = dict(recipe["method"])
+    name = method_cfg.pop("name")
+    optim = recipe["optim"]
+    epochs = recipe["epochs"]
+    kwargs = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "options": method_cfg}
+    if registry.wants_optimizer(name):  # mask methods: optimizer first, the method zeroes its state
+        if optim["gates"] is not None:
+            raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gates")
+        optimizers = [_optimizer(list(model.parameters()), optim["weights"], "optim.weights")]
+        method = registry.build_method(name, model, optimizers, **kwargs)
+    else:  # gated methods add gate parameters to the model: build the method first
+        method = registry.build_method(name, model, None, **kwargs)
+        if optim["gates"] is None:
+            optimizers = [_optimizer(list(model.parameters()), optim["weights"], "optim.weights")]
+        else:
+            weights, gates = _split_gates(method, name)
+            optimizers = [_optimizer(weights, optim["weights"], "optim.weights"),
+                          _optimizer(gates, optim["gates"], "optim.gates")]
+    specs = [optim["weights"], optim["gates"]][: len(optimizers)]
+    try:
+        schedules = [build_schedule(o, s.get("schedule"), epochs=epochs, steps_per_epoch=steps_per_epoch)
+                     for o, s in zip(optimizers, specs, strict=True)]
+    except ValueError as err:
+        raise RecipeError(f"optim: {err}") from None
+    return method, optimizers, schedules
+
+
+def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> torch.optim.Optimizer:
+    if spec.get("name") == "lpcgd":
+        lp = registry.load_object("neuroplastic.lp:build_lpcgd", what="optimizer 'lpcgd':")
+        return lp(params, spec)
+    try:
+        return build_optimizer(params, spec)
+    except ValueError as err:
+        raise RecipeError(f"{where}: {err}") from None
+
+
+def _split_gates(method: CapacityMethod, name: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(weights, gates) parameter lists from ``split_param_groups(model)`` of the method's module."""
+    module = importlib.import_module(type(method).__module__)
+    split = getattr(module, "split_param_groups", None)
+    if split is None:
+        raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gate parameters")
+    weights, gates = split(method.model)
+    return list(weights), list(gates)
+
+
+def _check_run_dir(run_dir: Path, recipe: dict[str, Any], resume: bool) -> None:
+    """Refuse to overwrite a run (finished, or started without ``--resume``); check a resumed recipe."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecipeError(f"--out {run_dir} exists and is not a folder")
+    if (run_dir / RESULTS).exists():
+        raise RecipeError(f"{run_dir} holds a finished run ({RESULTS}); choose another --out")
+    started = any((run_dir / f).exists() for f in (RECIPE_FILE, CHECKPOINT, "history.jsonl"))
+    if started and not resume:
+        raise RecipeError(f"{run_dir} holds a started run; continue it with --resume or choose another --out")
+    if not resume:
+        return
+    if not (run_dir / RECIPE_FILE).exists():
+        raise RecipeError(f"--resume: {run_dir} holds no run to resume ({RECIPE_FILE} missing)")
+    saved = load_recipe_file(run_dir / RECIPE_FILE)
+    if saved != recipe:
+        diff = sorted(_diff_keys(saved, recipe))
+        raise RecipeError(f"--resume: the recipe differs from the one {run_dir} was started with at {diff}")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
+    """Train (or continue) the prepared run, write ``results.json``, and return its one result object."""
+    recipe = prep.recipe
+    prep.run_dir.mkdir(parents=True, exist_ok=True)
+    if not (prep.run_dir / RECIPE_FILE).exists():
+        _write_text_atomic(prep.run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+    t0 = time.perf_counter()
+    res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
+              run_dir=prep.run_dir, selection=recipe["selection"], select_after=recipe["select_from_epoch"],
+              snapshot_every=recipe["snapshot_every"], resume=prep.resume, progress=progress)
+    arch = prep.method.architecture()
+    flops = live_flops(prep.method, prep.model, prep.input_shape)
+    result = {
+        "recipe": recipe["name"],
+        "mode": getattr(prep.method, "mode", recipe["method"]["name"]),
+        "seed": recipe["seed"],
+        "epochs": recipe["epochs"],
+        "test_accuracy": res.test_accuracy,
+        "test_loss": res.test_loss,
+        "val_accuracy": res.val_accuracy,
+        "val_loss": res.val_loss,
+        "selected_epoch": res.selected_epoch,
+        "params": arch["params"],
+        "params_dense": arch["params_dense"],
+        "arch": arch.get("arch"),
+        "flops": flops,
+        "flops_dense": prep.flops_dense,
+        "dataset": recipe["data"]["name"],
+        "model": recipe["model"]["name"],
+        "method": recipe["method"]["name"],
+        "wall_seconds": res.wall_seconds,
+        "session_seconds": time.perf_counter() - t0,
+        "device": str(next(prep.model.parameters()).device),
+    }
+    _write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
+    return result
+
+
+def live_flops(method: CapacityMethod, model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs per example of the live network: closed units and masked weights cost nothing.
+
+    Gated methods: the dense FLOPs of ``method.compact()`` (a plain model without the closed units);
+    mask methods: their ``flops_sparse_inference`` metric; otherwise the model's dense FLOPs.
+    """
+    compact = getattr(method, "compact", None)
+    if compact is not None:
+        return count_flops(compact(), input_shape)
+    sparse = method.metrics().get("flops_sparse_inference")
+    if sparse is not None:
+        return int(sparse)
+    return count_flops(model, input_shape)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,248 @@
+"""Readers, checksums, missing-file errors and the validation split, on the real files in shared/data."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import urllib.error
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuroplastic.data import (
+    DATASETS,
+    ChecksumError,
+    DatasetNotFoundError,
+    list_datasets,
+    load_dataset,
+    resolve_data_dir,
+    split_indices,
+)
+from neuroplastic.data import download as download_module
+from neuroplastic.data.cifar import read_cifar_batch
+from neuroplastic.data.idx import parse_idx, read_idx
+
+# Published per-class counts of MNIST (digits 0..9).
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("NEUROPLASTIC_TEST_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+SHARED = _shared_data()
+needs_data = pytest.mark.skipif(
+    not (SHARED / "MNIST" / "raw").is_dir(),
+    reason=f"real data not found at {SHARED} (set NEUROPLASTIC_TEST_DATA to the shared data folder)",
+)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """MNIST read once for the module, with a 5,000-example validation split (seed 3)."""
+    return load_dataset("mnist", data_dir=SHARED, val_size=5000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def mnist_raw_train_labels():
+    return read_idx(SHARED / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz")
+
+
+@needs_data
+def test_mnist_shapes_and_class_counts(mnist, mnist_raw_train_labels):
+    assert mnist.train_x.shape == (55000, 1, 28, 28) and mnist.val_x.shape == (5000, 1, 28, 28)
+    assert mnist.test_x.shape == (10000, 1, 28, 28)
+    assert mnist.train_x.dtype == torch.float32 and mnist.train_y.dtype == torch.int64
+    assert 0.0 <= float(mnist.train_x.min()) and float(mnist.train_x.max()) <= 1.0
+    assert mnist_raw_train_labels.shape == (60000,)
+    assert np.bincount(mnist_raw_train_labels).tolist() == MNIST_TRAIN_COUNTS  # digit 1: 6742
+    both = torch.cat([mnist.train_y, mnist.val_y])
+    assert torch.bincount(both).tolist() == MNIST_TRAIN_COUNTS
+    assert torch.bincount(mnist.test_y).tolist() == MNIST_TEST_COUNTS
+    assert (mnist.num_classes, mnist.input_shape, mnist.name) == (10, (1, 28, 28), "mnist")
+
+
+@needs_data
+def test_mnist_normalisation_constants_match_the_data(mnist):
+    pixels = torch.cat([mnist.train_x, mnist.val_x])
+    assert abs(float(pixels.mean()) - mnist.mean[0]) < 1e-3
+    assert abs(float(pixels.std()) - mnist.std[0]) < 1e-3
+
+
+@needs_data
+def test_validation_split_is_the_seeded_selection(mnist, mnist_raw_train_labels):
+    train_idx, val_idx = split_indices(60000, 5000, seed=3)
+    assert torch.equal(mnist.val_y, torch.from_numpy(mnist_raw_train_labels[val_idx.numpy()]))
+    assert torch.equal(mnist.train_y, torch.from_numpy(mnist_raw_train_labels[train_idx.numpy()]))
+
+
+def test_split_indices_partition_and_seed():
+    train, val = split_indices(100, 0.25, seed=0)
+    assert len(val) == 25 and len(train) == 75
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(100))
+    assert torch.equal(val, split_indices(100, 25, seed=0)[1])  # count and fraction agree
+    assert not torch.equal(val, split_indices(100, 25, seed=1)[1])
+    assert len(split_indices(100, 0, seed=0)[1]) == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 100, 1.0, -0.1, "10", True])
+def test_split_indices_rejects_bad_sizes(bad):
+    with pytest.raises((ValueError, TypeError), match="val_size"):
+        split_indices(100, bad, seed=0)
+
+
+@needs_data
+def test_fashion_mnist_loads_balanced():
+    data = load_dataset("fashion-mnist", data_dir=SHARED, val_size=0)
+    assert data.val_x is None and data.train_x.shape == (60000, 1, 28, 28)
+    assert torch.bincount(data.train_y).tolist() == [6000] * 10
+    assert torch.bincount(data.test_y).tolist() == [1000] * 10
+
+
+@needs_data
+def test_cifar10_subset_loads_with_channel_major_layout():
+    data = load_dataset("cifar10-subset", data_dir=SHARED, val_size=0)
+    assert data.train_x.shape == (5085, 3, 32, 32) and data.test_x.shape == (1017, 3, 32, 32)
+    assert data.train_y[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]  # first labels of data_batch_1
+    with open(SHARED / "cifar-10-subset" / "cifar-10-batches-py" / "data_batch_2", "rb") as f:
+        row = pickle.load(f, encoding="latin1")["data"][0]
+    # example 0 of batch 2 is example 1017 of the training set; pixel (c, r, col) is row[c*1024 + r*32 + col]
+    image = data.train_x[1017]
+    for c, r, col in [(0, 0, 0), (1, 5, 7), (2, 31, 30)]:
+        assert float(image[c, r, col]) * 255 == pytest.approx(float(row[c * 1024 + r * 32 + col]))
+
+
+def _write_batch(path: Path, data: np.ndarray, labels: list[int], key: str, bytes_keys: bool) -> None:
+    entry = {"data": data, key: labels}
+    if bytes_keys:
+        entry = {k.encode(): v for k, v in entry.items()}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f)
+
+
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar_reader_accepts_str_and_bytes_keys(tmp_path, bytes_keys):
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    _write_batch(tmp_path / "b", data, [3, 7], "labels", bytes_keys)
+    x, y = read_cifar_batch(tmp_path / "b")
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [3, 7]
+    assert x[1, 2, 3, 4] == data[1, 2 * 1024 + 3 * 32 + 4]
+
+
+def test_cifar_reader_refuses_code_in_pickles(tmp_path):
+    with open(tmp_path / "evil", "wb") as f:
+        pickle.dump({"data": os.getcwd, "labels": []}, f)
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        read_cifar_batch(tmp_path / "evil")
+
+
+def test_cifar100_reads_fine_labels(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    data = np.zeros((4, 3072), dtype=np.uint8)
+    _write_batch(folder / "train", data, [0, 99, 5, 5], "fine_labels", bytes_keys=True)
+    _write_batch(folder / "test", data[:2], [42, 1], "fine_labels", bytes_keys=True)
+    (folder / "meta").write_bytes(b"")
+    # these are not the published files: check the reading path without their checksums
+    spec = DATASETS["cifar100"]
+    unchecked = tuple(replace(f, md5=None) for f in spec.files)
+    monkeypatch.setitem(DATASETS, "cifar100", replace(spec, files=unchecked))
+    split = load_dataset("cifar100", data_dir=tmp_path, val_size=0, download=False)
+    assert split.train_y.tolist() == [0, 99, 5, 5] and split.test_y.tolist() == [42, 1]
+    assert split.num_classes == 100
+
+
+def test_full_cifar10_refuses_files_with_wrong_checksum(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for f in DATASETS["cifar10"].files:
+        _write_batch(folder / f.name, np.zeros((1, 3072), dtype=np.uint8), [0], "labels", False)
+    with pytest.raises(ChecksumError, match="data_batch_1"):
+        load_dataset("cifar10", data_dir=tmp_path, download=False)
+
+
+@needs_data
+def test_corrupted_file_fails_its_checksum(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(SHARED / "MNIST" / "raw", raw)
+    target = raw / "t10k-labels-idx1-ubyte.gz"
+    target.chmod(0o644)
+    content = bytearray(target.read_bytes())
+    content[100] ^= 0xFF
+    target.write_bytes(bytes(content))
+    with pytest.raises(ChecksumError) as info:
+        load_dataset("mnist", data_dir=tmp_path, download=False)
+    message = str(info.value)
+    assert str(target) in message
+    assert "ec29112dd5afa0611ce80d1b7f02629c" in message  # expected
+    assert download_module.md5sum(target) in message  # actual
+
+
+def test_missing_files_name_every_file_and_the_folder(tmp_path, monkeypatch):
+    calls = []
+
+    def offline(url, dest, timeout=0):
+        calls.append(url)
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(download_module, "download_url", offline)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert all(name in message for name in MNIST_FILES)
+    assert len(calls) == 4 * 2  # every file tried on both mirrors
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_subset_is_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(download_module, "download_url", lambda *a, **k: pytest.fail("network used"))
+    with pytest.raises(DatasetNotFoundError, match="data_batch_5"):
+        load_dataset("cifar10-subset", data_dir=tmp_path)
+
+
+@needs_data
+def test_download_falls_back_to_the_next_mirror_and_checks_md5(tmp_path, monkeypatch):
+    def mirror(url, dest, timeout=0):
+        if "ossci" in url:  # the first mirror is down
+            raise urllib.error.URLError("down")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHARED / "MNIST" / "raw" / url.rsplit("/", 1)[1], dest)
+
+    monkeypatch.setattr(download_module, "download_url", mirror)
+    data = load_dataset("mnist", data_dir=tmp_path, val_size=0)
+    assert len(data.train_y) == 60000
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(MNIST_FILES)
+
+
+def test_unknown_dataset_lists_the_allowed_names():
+    allowed = "allowed names: cifar10, cifar10-subset, cifar100, fashion-mnist, mnist"
+    with pytest.raises(ValueError, match=allowed):
+        load_dataset("imagenet")
+    assert list_datasets() == ["cifar10", "cifar10-subset", "cifar100", "fashion-mnist", "mnist"]
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("NEUROPLASTIC_DATA", raising=False)
+    assert resolve_data_dir() == tmp_path / "cache" / "neuroplastic"
+    monkeypatch.setenv("NEUROPLASTIC_DATA", str(tmp_path / "env"))
+    assert resolve_data_dir() == tmp_path / "env"
+    assert resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_parse_idx_hand_built():
+    raw = bytes([0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6))
+    assert parse_idx(raw).tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(ValueError, match="magic"):
+        parse_idx(b"\x01" + raw[1:])
+    with pytest.raises(ValueError, match="shape"):
+        parse_idx(raw[:-1])

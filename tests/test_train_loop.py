@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.train import build_optimizer, build_schedule, evaluate, fit
+from train_fakes import FakeLoader, NoisyMethod, blobs, tiny_mlp
+
+CONTRACT_FIELDS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+
+
+def _setup(seed: int = 0, kill_at_step: int | None = None, epochs: int = 5):
+    torch.manual_seed(seed)
+    model = tiny_mlp()
+    x, y = blobs(96, seed=1)
+    loaders = {
+        "train": FakeLoader(x[:64], y[:64], batch_size=16, seed=seed),
+        "val": FakeLoader(x[64:80], y[64:80], batch_size=16, shuffle=False),
+        "test": FakeLoader(x[80:], y[80:], batch_size=16, shuffle=False),
+    }
+    spec = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "schedule": {"name": "cosine"}}
+    opt = build_optimizer(model.parameters(), spec)
+    sched = build_schedule(opt, spec["schedule"], epochs=epochs, steps_per_epoch=len(loaders["train"]))
+    method = NoisyMethod(model, seed=seed, kill_at_step=kill_at_step)
+    return model, method, [opt], [sched], loaders
+
+
+def _run(tmp, resume=False, kill_at_step=None, epochs=5, **kw):
+    model, method, opts, scheds, loaders = _setup(kill_at_step=kill_at_step, epochs=epochs)
+    res = fit(model, method, opts, scheds, loaders, epochs=epochs, run_dir=tmp, resume=resume, progress=False, **kw)
+    return model, res
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_resume_after_kill_is_identical_to_uninterrupted(tmp_path):
+    model_a, res_a = _run(tmp_path / "a")
+    # kill in the middle of epoch 3 (4 steps per epoch): the checkpoint holds epochs 0-2
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", kill_at_step=3 * 4 + 2)
+    assert len((tmp_path / "b" / "history.jsonl").read_text().splitlines()) == 3
+    model_b, res_b = _run(tmp_path / "b", resume=True)
+    for (name, pa), pb in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert _strip(res_a.history) == _strip(res_b.history)
+    assert res_a.selected_epoch == res_b.selected_epoch
+    assert res_a.test_accuracy == res_b.test_accuracy
+    on_disk = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert _strip(on_disk) == _strip(res_a.history)
+    events_b = (tmp_path / "b" / "events.jsonl").read_text().splitlines()
+    assert events_b == (tmp_path / "a" / "events.jsonl").read_text().splitlines()
+    assert len(events_b) == 5
+
+
+def test_lost_method_state_would_change_the_result(tmp_path):
+    """The resume test above can fail: resuming without the method's generator gives other weights."""
+    model_a, _ = _run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", kill_at_step=10)
+    model, method, opts, scheds, loaders = _setup()
+    method.load_state_dict = lambda state: None  # forget the method state on resume
+    fit(model, method, opts, scheds, loaders, epochs=5, run_dir=tmp_path / "b", resume=True, progress=False)
+    assert not torch.equal(model[0].weight, model_a[0].weight)
+
+
+def test_history_lines_carry_contract_fields_and_method_metrics(tmp_path):
+    _, res = _run(tmp_path, snapshot_every=2)
+    lines = [json.loads(s) for s in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2, 3, 4]
+    for r in lines:
+        assert CONTRACT_FIELDS <= set(r)
+        assert r["arch"] == [3, 2] and isinstance(r["lr"], list) and len(r["lr"]) == 1
+    assert lines[0]["lr"][0] == pytest.approx(0.1)  # lr at the start of the epoch
+    assert lines[-1]["steps"] == 20
+    # snapshots after epochs 1, 3 and the last one (4), float16
+    names = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert names == ["epoch_00001.npz", "epoch_00003.npz", "epoch_00004.npz"]
+    with np.load(tmp_path / "snapshots" / "epoch_00004.npz") as z:
+        assert z["w/first"].dtype == np.float16 and z["w/first"].shape == (16, 6)
+
+
+def test_selection_uses_validation_and_never_test(tmp_path):
+    _, res = _run(tmp_path / "best")
+    vals = [(r["val_acc"], -r["val_loss"]) for r in res.history]
+    assert res.selected_epoch == max(range(5), key=lambda e: (vals[e], -e))
+    _, res_last = _run(tmp_path / "last", selection="last")
+    assert res_last.selected_epoch == 4
+    _, res_after = _run(tmp_path / "after", select_after=3)
+    assert res_after.selected_epoch >= 3
+
+
+def test_selected_model_is_the_one_tested(tmp_path):
+    model, res = _run(tmp_path, selection="best_val")
+    assert res.selected_epoch != 4 or res.history[4]["val_acc"] == max(r["val_acc"] for r in res.history)
+    val_loss, val_acc = evaluate(model, _setup()[4]["val"])
+    assert val_acc == res.val_accuracy
+    assert val_loss == pytest.approx(res.val_loss)
+
+
+def test_plain_method_and_bad_arguments(tmp_path):
+    model, _, opts, scheds, loaders = _setup()
+    with pytest.raises(ValueError, match="selection"):
+        fit(model, CapacityMethod(model), opts, scheds, loaders, epochs=2, run_dir=tmp_path, selection="test")
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, CapacityMethod(model), opts, scheds, loaders, epochs=0, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="'val'"):
+        fit(model, CapacityMethod(model), opts, scheds, {"train": loaders["train"]}, epochs=1, run_dir=tmp_path)
+    res = fit(model, CapacityMethod(model), opts, scheds, loaders, epochs=2, run_dir=tmp_path, progress=False)
+    assert res.test_accuracy is not None and not (tmp_path / "snapshots").exists()  # nothing to snapshot
