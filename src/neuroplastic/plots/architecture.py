@@ -57,11 +57,21 @@ def plot_architecture(run: RunData, out_path: str | Path, *, width_px: int = WID
     return save_png(fig, Path(out_path))
 
 
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain short numbers (30, 400k, 1.2M) rather than 3x10^1 or 4e+05."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        for scale, suffix in ((1e6, "M"), (1e3, "k")):
+            if abs(x) >= scale:
+                return f"{x / scale:g}{suffix}"
+        return f"{x:g}"
+
+
 def _plain_log_axis(ax: Axes) -> None:
-    """Log y axis labelled with plain numbers (30, 200) rather than 3x10^1, minor ticks on short ranges."""
+    """Log y axis with plain labels; minor ticks are labelled only when the range is short."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.6)))
+    ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.6)))
 
 
 def _layer_names(run: RunData, count: int) -> list[str]:

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from neuroplastic.plots.rundata import RunData
 
 __all__ = [
-    "DPI", "WIDTH_PX", "draw_layer_lines", "draw_stages", "new_figure", "pick_frames", "save_png", "stage_spans",
+    "DPI", "WIDTH_PX", "draw_layer_lines", "draw_stages", "new_figure", "pick_frames", "save_png", "stage_label",
+    "stage_spans",
 ]
 
 #: with more layers than this, lines are coloured by depth and named by a note instead of a legend
@@ -72,7 +73,7 @@ def stage_spans(run: RunData) -> list[tuple[float, float, str]]:
         start = 0
         for i in range(1, len(stages) + 1):
             if i == len(stages) or stages[i] != stages[start]:
-                spans.append((epochs[start] - 0.5, epochs[i - 1] + 0.5, _stage_label(stages[start], npn)))
+                spans.append((epochs[start] - 0.5, epochs[i - 1] + 0.5, stage_label(stages[start], npn)))
                 start = i
         return spans
     boundaries = _recipe_stage_epochs(run.recipe)
@@ -84,14 +85,15 @@ def stage_spans(run: RunData) -> list[tuple[float, float, str]]:
     # clip to the recorded epochs: a run stopped early shows only the stages it reached
     edges = [first - 0.5, *[min(max(b - 0.5, first - 0.5), last + 0.5) for b in boundaries], last + 0.5]
     return [
-        (edges[i], edges[i + 1], _stage_label(i + 1, npn)) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]
+        (edges[i], edges[i + 1], stage_label(i + 1, npn)) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]
     ]
 
 
 _NPN_STAGES = {1: "1: pre-train", 2: "2: plastic", 3: "3: harden"}
 
 
-def _stage_label(stage: Any, npn: bool) -> str:
+def stage_label(stage: Any, npn: bool) -> str:
+    """A stage's name for pictures: NPN's ``1``/``2``/``3`` become ``1: pre-train`` ... ``3: harden``."""
     if npn and stage in _NPN_STAGES:
         return _NPN_STAGES[stage]
     return f"stage {stage}" if isinstance(stage, int | float) else str(stage)
@@ -115,9 +117,10 @@ def draw_stages(ax: Axes, spans: list[tuple[float, float, str]], *, label: bool 
         if i > 0:
             ax.axvline(start, color="0.35", ls="--", lw=1, zorder=1)
         if label:
+            # above the axes, where no data line can run through the name
             ax.text(
-                (start + end) / 2, 0.98, name, transform=ax.get_xaxis_transform(),
-                ha="center", va="top", fontsize=8, color="0.3", clip_on=True,
+                (start + end) / 2, 1.01, name, transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8, color="0.3", clip_on=False,
             )
 
 
