@@ -49,12 +49,12 @@ def load_object(path: str, what: str = "object") -> Any:
     except ModuleNotFoundError as err:
         # only a missing target module is "not available"; a broken import inside it is a real bug
         if err.name is not None and module_name.startswith(err.name):
-            raise RecipeError(f"{what} {path!r} is not available: module {err.name!r} not found") from None
+            raise RecipeError(f"{what} is not available: module {err.name!r} not found") from None
         raise
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise RecipeError(f"{what} {path!r} is not available: {module_name} has no {attr!r}") from None
+        raise RecipeError(f"{what} is not available: {module_name} has no {attr!r}") from None
 
 
 def method_class(name: str) -> type[CapacityMethod]:
@@ -65,7 +65,7 @@ def method_class(name: str) -> type[CapacityMethod]:
         path = METHODS[name]
     else:
         raise RecipeError(f"unknown method {name!r}; known methods: {sorted(METHODS)} (or 'module:Class')")
-    cls = load_object(path, what=f"method {name!r}:")
+    cls = load_object(path, what=f"method {name!r}" if path == name else f"method {name!r} ({path})")
     if not (isinstance(cls, type) and issubclass(cls, CapacityMethod)):
         raise RecipeError(f"method {name!r} ({path}) is not a CapacityMethod subclass")
     if cls is not CapacityMethod and not hasattr(cls, "from_recipe"):
@@ -73,19 +73,21 @@ def method_class(name: str) -> type[CapacityMethod]:
     return cls
 
 
-def _signature(cls: type[CapacityMethod]) -> inspect.Signature:
-    return inspect.signature(cls.from_recipe)
-
-
 def method_option_keys(name: str) -> set[str] | None:
-    """The recipe options ``method.<key>`` the method accepts (``None`` when it takes ``**options``)."""
+    """The recipe options ``method.<key>`` the method accepts (``None``: not checkable, any key goes).
+
+    When ``from_recipe`` forwards ``**options`` to the constructor (``cls(model, **options)``), the
+    constructor's keyword parameters are the options.
+    """
     cls = method_class(name)
     if cls is CapacityMethod:
         return set()
-    params = _signature(cls).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.name not in _RUNNER_ARGS}
+    for fn in (cls.from_recipe, cls.__init__):
+        params = inspect.signature(fn).parameters.values()
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return {p.name for p in params if p.name not in _RUNNER_ARGS and p.name != "self"
+                    and p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    return None
 
 
 def wants_optimizer(name: str) -> str | None:
@@ -93,7 +95,7 @@ def wants_optimizer(name: str) -> str | None:
     cls = method_class(name)
     if cls is CapacityMethod:
         return None
-    params = _signature(cls).parameters
+    params = inspect.signature(cls.from_recipe).parameters
     return next((k for k in ("optimizer", "optimizers") if k in params), None)
 
 

@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from neuroplastic.methods.base import CapacityMethod
-from neuroplastic.metrics import count_flops
+from neuroplastic.metrics import count_flops, layer_flops
 from neuroplastic.recipes import registry
 from neuroplastic.recipes.config import RecipeError, apply_overrides, load_recipe_file, scale_epochs, validate
 from neuroplastic.train.checkpoint import seed_everything
@@ -132,6 +132,9 @@ def build_training(
     name = method_cfg.pop("name")
     optim = recipe["optim"]
     epochs = recipe["epochs"]
+    keys = registry.method_option_keys(name)
+    if keys is not None and "seed" in keys and "seed" not in method_cfg:
+        method_cfg["seed"] = recipe["seed"]  # the method's own generator follows the recipe's seed
     kwargs = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "options": method_cfg}
     if registry.wants_optimizer(name):  # mask methods: optimizer first, the method zeroes its state
         if optim["gates"] is not None:
@@ -157,7 +160,7 @@ def build_training(
 
 def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> torch.optim.Optimizer:
     if spec.get("name") == "lpcgd":
-        lp = registry.load_object("neuroplastic.lp:build_lpcgd", what="optimizer 'lpcgd':")
+        lp = registry.load_object("neuroplastic.lp:build_lpcgd", what="optimizer 'lpcgd' (neuroplastic.lp)")
         return lp(params, spec)
     try:
         return build_optimizer(params, spec)
@@ -244,12 +247,26 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
 def live_flops(method: CapacityMethod, model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Forward FLOPs per example of the live network: closed units and masked weights cost nothing.
 
-    Gated methods: the dense FLOPs of ``method.compact()`` (a plain model without the closed units);
-    mask methods: their ``flops_sparse_inference`` metric; otherwise the model's dense FLOPs.
+    Gated methods: the dense FLOPs of ``method.compact()`` when it exists, else every layer's dense
+    FLOPs times its open fraction of outputs times its open fraction of inputs (``layer_open_masks``,
+    exact for Linear and ungrouped Conv layers); mask methods: their ``flops_sparse_inference``
+    metric; any other method: the model's dense FLOPs.
     """
     compact = getattr(method, "compact", None)
     if compact is not None:
         return count_flops(compact(), input_shape)
+    open_masks = getattr(method, "layer_open_masks", None)
+    if open_masks is not None:
+        masks = open_masks()
+        total = 0.0
+        for name, flops in layer_flops(model, input_shape).items():
+            if name in masks:
+                open_in, open_out = masks[name]
+                groups = getattr(dict(model.named_modules())[name], "groups", 1)
+                in_fraction = 1.0 if groups != 1 else float(open_in.float().mean())  # grouped: conservative
+                flops = flops * float(open_out.float().mean()) * in_fraction
+            total += flops
+        return round(total)
     sparse = method.metrics().get("flops_sparse_inference")
     if sparse is not None:
         return int(sparse)

@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import neuroplastic.recipes.runner as runner
+from neuroplastic.cli import COMMANDS, main
+from neuroplastic.recipes import shipped_recipes
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _main(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_recipes_lists_every_shipped_recipe_with_its_description(capsys):
+    code, out, _ = _main(capsys, "recipes")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == len(shipped_recipes()) >= 9
+    for name in ("npn-mnist-lenet5-sparse", "npn-mnist-lenet5-expand", "npn-cifar10-resnet56-sparse",
+                 "npn-cifar10-resnet56-expand", "npn-cifar100-resnet56-sparse", "npn-cifar100-resnet56-expand",
+                 "npn-moons-sparse", "npn-moons-expand", "dense-mnist-lenet5"):
+        line = next(s for s in lines if s.split()[0] == name)
+        assert len(line.split(None, 1)[1]) > 20  # a description follows the name
+    code, out, _ = _main(capsys, "recipes", "npn-mnist-lenet5-sparse")
+    assert code == 0 and "name: npn-mnist-lenet5-sparse" in out and "stages:" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "npn-mnist-lenet5-sparse", "data.batchsize=3"], r"unknown key(s) ['batchsize'] in data; valid keys"),
+    (["run", "npn-mnist-lenet5-sparse", "data.batch_size=0"], "data.batch_size must be >= 1, got 0"),
+    (["run", "npn-mnist-lenet5-sparse", "method.k=-1"], "k must be > 0, got -1"),
+    (["run", "npn-mnist-lenet5-sparse", "method.gates={nope: out}"], "nope"),
+    (["run", "no-such-recipe"], "no recipe 'no-such-recipe'"),
+    (["run", "npn-mnist-lenet5-sparse", "epochs"], "key=value"),
+    (["run", "dense-mnist-lenet5", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch, argv, message):
+    # MNIST-shaped stand-in data: the method's own checks run after the data is loaded
+    splits = SimpleNamespace(num_classes=10, input_shape=(1, 28, 28))
+    monkeypatch.setattr(runner, "load_data", lambda recipe, data_dir, device: (splits, {"train": [None] * 4}))
+    code, out, err = _main(capsys, *argv, "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("neuroplastic run: error: ") and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_or_unknown_data_set_exits_2(capsys, tmp_path):
+    # the CIFAR-10 subset is never downloaded, so this fails at once, without the network
+    code, _, err = _main(capsys, "run", "npn-cifar10-resnet56-sparse", "data.name=cifar10-subset",
+                         "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path))
+    # the data layer's message is one message over several lines (it lists the missing files)
+    assert code == 2 and err.startswith("neuroplastic run: error: ") and "data_batch_1" in err
+    assert "Traceback" not in err
+    code, _, err = _main(capsys, "run", "dense-mnist-lenet5", "data.name=imagenet", "--out", str(tmp_path / "run"))
+    assert code == 2 and "unknown data set 'imagenet'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_folder_is_left_untouched(capsys, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text("[]")
+    (run / "recipe.yaml").write_text("name: x\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    monkeypatch.setattr(runner, "load_data", lambda *a: pytest.fail("data must not be loaded"))
+    for extra in ([], ["--resume"]):
+        code, _, err = _main(capsys, "run", "dense-mnist-lenet5", "--out", str(run), *extra)
+        assert code == 2 and "finished run" in err
+    assert before == {p.name: p.read_bytes() for p in run.iterdir()}
+
+
+def test_plot_without_the_plots_module_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "neuroplastic.plots.cli", None)  # import of it now fails
+    code, _, err = _main(capsys, "plot", "some/run")
+    assert code == 2 and "neuroplastic.plots.cli is not part of this build" in err
+
+
+def test_dispatcher_table_and_no_command(capsys):
+    assert [c.name for c in COMMANDS][:3] == ["run", "recipes", "plot"]
+    code, _, err = _main(capsys)
+    assert code == 2 and "COMMAND" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+def test_console_entry_point_exit_code_and_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "neuroplastic.cli", "run", "dense-mnist-lenet5", "seed=-3",
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "seed must be >= 0, got -3" in proc.stderr
