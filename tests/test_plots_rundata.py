@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from neuroplastic.plots.architecture import _event_gates
-from neuroplastic.plots.neurons import CMAP, _panel_image, first_conv_filters, montage
 from neuroplastic.plots.rundata import PlotDataError, RunData, load_run, read_jsonl
 from neuroplastic.plots.style import pick_frames, stage_spans
+from neuroplastic.plots.tiles import CMAP, Panel, channel_blocks, first_conv_filters, montage, plan_panels
 
 
 def _lines(*records) -> str:
@@ -141,7 +141,7 @@ def test_montage_lays_tiles_out_row_by_row():
 
 
 def test_closed_units_are_dark_and_open_units_bright():
-    image = _panel_image(np.array([0.0, 1.0]), size=2, filters=None)
+    image = Panel("fc1", 2).image(np.array([0.0, 1.0]))
     closed, open_ = image[0, 0], image[0, -1]
     np.testing.assert_allclose(closed, CMAP(0.0)[:3], atol=1e-6)
     np.testing.assert_allclose(open_, CMAP(1.0)[:3], atol=1e-6)
@@ -149,9 +149,48 @@ def test_closed_units_are_dark_and_open_units_bright():
 
 
 def test_panel_keeps_its_grid_when_a_frame_has_fewer_units():
-    full = _panel_image(np.ones(9), size=9, filters=None)
-    fewer = _panel_image(np.ones(4), size=9, filters=None)
-    assert full.shape == fewer.shape == (3 * 5 - 1, 3 * 5 - 1, 3)
+    panel = Panel("fc1", 9)
+    full, fewer, missing = panel.image(np.ones(9)), panel.image(np.ones(4)), panel.image(None)
+    assert full.shape == fewer.shape == missing.shape == (3 * 5 - 1, 3 * 5 - 1, 3)
+    # the 9th slot (bottom right tile) is background when only 4 units were recorded
+    np.testing.assert_allclose(fewer[-1, -1], [0.93] * 3, atol=1e-6)
+    np.testing.assert_allclose(full[-1, -1], CMAP(1.0)[:3], atol=1e-6)
+
+
+def test_filter_panel_tints_each_filter_by_its_gate():
+    filters = np.array([[[0.0, 1.0]], [[1.0, 0.0]]])  # two 1x2 filters
+    image = Panel("conv1:out", 2, filters=filters).image(np.array([1.0, 0.0]))
+    # unit 0 (open): the filter's dark pixel is 0.2 of the open colour, its bright pixel the full colour
+    np.testing.assert_allclose(image[0, 0], 0.2 * np.array(CMAP(1.0)[:3]), atol=1e-6)
+    np.testing.assert_allclose(image[0, 1], CMAP(1.0)[:3], atol=1e-6)
+    # unit 1 (closed) is black whatever its filter
+    assert image[0, 3:5].max() < 0.02
+
+
+def test_channel_blocks_group_flattened_conv_features():
+    state = {"conv1.weight": torch.zeros(4, 1, 3, 3), "conv2.weight": torch.zeros(3, 4, 3, 3),
+             "fc1.weight": torch.zeros(10, 12), "fc2.weight": torch.zeros(2, 10)}
+    assert channel_blocks(state, "fc1:in", 12) == (3, 2, 2)
+    assert channel_blocks(state, "fc1:out", 10) is None    # outputs of fc1 are not conv features
+    assert channel_blocks(state, "fc2:in", 10) is None     # 10 inputs are not 3 square feature maps
+    assert channel_blocks(state, "fc1:in", 13) is None     # size must equal fc1's inputs
+    panel = Panel("fc1:in", 12, blocks=(3, 2, 2))
+    pi = np.zeros(12)
+    pi[4:8] = 1.0  # channel 1 open: features 4..7
+    image = panel.image(pi)
+    # 3 blocks of 2x2 on a 2x2 grid with one gap cell: 5x5; block 1 is the top right one
+    assert image.shape == (5, 5, 3)
+    np.testing.assert_allclose(image[0:2, 3:5].reshape(-1, 3), np.tile(CMAP(1.0)[:3], (4, 1)), atol=1e-6)
+    np.testing.assert_allclose(image[0:2, 0:2].reshape(-1, 3), np.tile(CMAP(0.0)[:3], (4, 1)), atol=1e-6)
+
+
+def test_plan_panels_uses_the_checkpoint_where_it_helps():
+    state = {"conv1.weight": torch.randn(4, 1, 3, 3), "fc1.weight": torch.zeros(5, 16)}
+    panels = plan_panels({"conv1:out": 4, "fc1:in": 16, "fc1:out": 5}, state)
+    assert [(p.gate, p.filters is not None, p.blocks) for p in panels] == [
+        ("conv1:out", True, None), ("fc1:in", False, (4, 2, 2)), ("fc1:out", False, None)]
+    assert [p.kind for p in panels] == [" filters", " (4 ch x 2x2)", ""]
+    assert all(p.filters is None and p.blocks is None for p in plan_panels({"conv1:out": 4}, None))
 
 
 def test_events_are_matched_to_gates_by_gate_then_layer():
