@@ -240,3 +240,20 @@ def test_cli_on_a_run_with_nothing_to_draw(tmp_path, capsys):
 def test_plot_run_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError, match="what must name plots among arch, neurons, masks, lp"):
         plot_run(make_mask_run(tmp_path), what=["density"])
+
+
+def test_many_gated_layers_get_a_compact_grid(tmp_path):
+    run = tmp_path / "deep"
+    run.mkdir()
+    names = [f"block{i}.conv:out" for i in range(12)]
+    _write_jsonl(run / "history.jsonl", [{**_common(e), "stage": 2, "k": 7.0, "arch": [8 - e] * 12,
+                                          "layers": names, "params": 1000 - 100 * e} for e in range(3)])
+    for epoch in range(3):
+        _snapshot(run, epoch, {f"pi/{n}": np.linspace(0, 1, 8) for n in names})
+    loaded = load_run(run)
+    with pytest.warns(RuntimeWarning, match="checkpoint.pt"):
+        gif = plot_neuron_map(loaded, tmp_path / "n.gif")
+    with Image.open(gif) as image:
+        # 12 panels -> 4 columns x 3 rows of 200 px: 3 * 200 * 0.92 + 70 + 80 = 702
+        assert (image.size, image.n_frames) == ((800, 702), 3)
+    assert _png_size(plot_architecture(loaded, tmp_path / "a.png")) == (960, 620)

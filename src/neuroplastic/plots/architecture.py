@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from neuroplastic.plots.rundata import PlotDataError, RunData
-from neuroplastic.plots.style import WIDTH_PX, draw_stages, new_figure, save_png, stage_spans
+from neuroplastic.plots.style import WIDTH_PX, draw_layer_lines, draw_stages, new_figure, save_png, stage_spans
 
 __all__ = ["plot_architecture"]
 
@@ -99,21 +99,20 @@ def _units_matrix(run: RunData) -> tuple[np.ndarray, np.ndarray]:
 
 def _draw_units(ax: Axes, run: RunData) -> None:
     epochs, units = _units_matrix(run)
-    names = _layer_names(run, units.shape[1])
-    colors: dict[str, Any] = {}
-    for j, name in enumerate(names[: units.shape[1]]):
-        # a closed layer (0 units) cannot sit on a log axis: draw it at 0.8 (below 1) instead
-        (line,) = ax.plot(epochs, np.where(units[:, j] > 0, units[:, j], 0.8), lw=1.6, label=name)
-        colors[name] = line.get_color()
-    names = names[: units.shape[1]]
+    names = _layer_names(run, units.shape[1])[: units.shape[1]]
+    # a closed layer (0 units) cannot sit on a log axis: draw it at 0.8 (below 1) instead
+    table = {name: np.where(units[:, j] > 0, units[:, j], 0.8) for j, name in enumerate(names)}
+    colors = draw_layer_lines(ax, epochs, table)
     kinds = _draw_events(ax, run, epochs, units, names, colors)
     _plain_log_axis(ax)
+    ax.margins(y=0.08)  # room for event markers on the top line
     ax.set_ylabel("open units")
     handles, labels = ax.get_legend_handles_labels()
     for kind in kinds:
         handles.append(Line2D([], [], ls="", marker=_EVENT_MARKERS.get(kind, "D"), color="0.2"))
         labels.append(f"{kind} event")
-    ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    if handles:
+        ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
 
 
 def _draw_events(

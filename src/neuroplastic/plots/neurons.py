@@ -116,6 +116,7 @@ def plot_neuron_map(
 
     ncols = len(gates) if len(gates) <= 3 else math.ceil(math.sqrt(len(gates)))
     nrows = math.ceil(len(gates) / ncols)
+    compact = ncols > 3
     panel_px = width_px / ncols
     height_px = 2 * round((nrows * panel_px * 0.92 + _HEADER_PX + _FOOTER_PX) / 2)
     fig = new_figure(width_px, height_px)
@@ -129,7 +130,7 @@ def plot_neuron_map(
     images, labels = [], []
     for ax, panel in zip(axes, panels, strict=False):
         images.append(ax.imshow(panel.image(None), interpolation="nearest"))
-        labels.append(ax.set_title("", fontsize=9))
+        labels.append(ax.set_title("", fontsize=6.5 if compact else 9))
     bar = fig.add_axes((0.25, 0.35 * _FOOTER_PX / height_px, 0.5, 0.18 * _FOOTER_PX / height_px))
     fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), cax=bar, orientation="horizontal")
     bar.set_xlabel("gate probability (dark = closed)", fontsize=9)
@@ -144,8 +145,12 @@ def plot_neuron_map(
             for panel, image, label in zip(panels, images, labels, strict=True):
                 pi = pis.get(panel.gate)
                 image.set_data(panel.image(pi))
-                count = "not recorded" if pi is None else f"{_open_units(record, panel.gate, pi)}/{len(pi)} open"
-                label.set_text(f"{panel.gate}{panel.kind}: {count}")
+                if compact:  # many small panels: short titles
+                    count = "-" if pi is None else f"{_open_units(record, panel.gate, pi)}/{len(pi)}"
+                    label.set_text(f"{panel.gate.removesuffix(':out')} {count}")
+                else:
+                    count = "not recorded" if pi is None else f"{_open_units(record, panel.gate, pi)}/{len(pi)} open"
+                    label.set_text(f"{panel.gate}{panel.kind}: {count}")
             title.set_text(_frame_title(run, snap.epoch))
             writer.grab_frame()
     return out_path

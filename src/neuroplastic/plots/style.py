@@ -124,15 +124,21 @@ def draw_stages(ax: Axes, spans: list[tuple[float, float, str]], *, label: bool 
             )
 
 
-def draw_layer_lines(ax: Axes, epochs: np.ndarray, table: dict[str, np.ndarray]) -> None:
-    """One line per layer; a legend names up to ``MAX_LEGEND_LAYERS`` layers, beyond that colour = depth."""
+def draw_layer_lines(ax: Axes, epochs: np.ndarray, table: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One line per layer; a legend names up to ``MAX_LEGEND_LAYERS`` layers, beyond that colour = depth.
+
+    Returns the colour of each layer's line.
+    """
     many = len(table) > MAX_LEGEND_LAYERS
     depth = colormaps["viridis"]
+    colours = {}
     for i, (name, values) in enumerate(table.items()):
         colour = depth(i / max(1, len(table) - 1)) if many else None
-        ax.plot(epochs, values, lw=1.0 if many else 1.4, color=colour, label=None if many else name)
+        (line,) = ax.plot(epochs, values, lw=1.0 if many else 1.4, color=colour, label=None if many else name)
+        colours[name] = line.get_color()
     if many:
         ax.text(
             0.01, 0.02, f"{len(table)} layers, coloured by depth (first dark, last yellow)",
             transform=ax.transAxes, fontsize=8, color="0.3", va="bottom",
         )
+    return colours
