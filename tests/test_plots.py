@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,15 @@ def test_neuron_map_without_checkpoint_warns_and_still_renders(tmp_path):
     run = load_run(make_npn_run(tmp_path, checkpoint=False))
     with pytest.warns(RuntimeWarning, match="checkpoint.pt"):
         out = plot_neuron_map(run, tmp_path / "n.gif", max_frames=2)
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2
+
+
+def test_neuron_map_can_ignore_the_checkpoint_without_a_warning(tmp_path):
+    run = load_run(make_npn_run(tmp_path, checkpoint=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_neuron_map(run, tmp_path / "n.gif", max_frames=2, use_checkpoint=False)
     with Image.open(out) as gif:
         assert gif.n_frames == 2
 

@@ -71,7 +71,7 @@ def plot_neuron_map(
     max_frames: int = 40,
     fps: float = 3.0,
     width_px: int = 800,
-    filters: bool = True,
+    use_checkpoint: bool = True,
 ) -> Path:
     """Render the neuron-map animation of an NPN run into a GIF at ``out_path``.
 
@@ -85,7 +85,7 @@ def plot_neuron_map(
         frames per second of the GIF.
     width_px:
         width of the GIF; the height follows from the number of gated layers.
-    filters:
+    use_checkpoint:
         read ``checkpoint.pt`` to draw the first convolution's units as its filters and the in-gates
         of a Linear reading a flattened convolution as channel blocks (see :mod:`.tiles`); without a
         checkpoint a :class:`RuntimeWarning` says so and every panel is plain tiles.
@@ -102,7 +102,7 @@ def plot_neuron_map(
     gates = _gate_order(run, snaps)
     sizes = {g: max(len(s.group("pi").get(g, ())) for s in snaps) for g in gates}
     state = None
-    if filters:
+    if use_checkpoint:
         if (run.path / "checkpoint.pt").is_file():
             state = run.model_state(PLOT)
         else:
