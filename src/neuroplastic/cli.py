@@ -142,6 +142,7 @@ COMMANDS: list[Command] = [
     Command("run", "train a recipe into a run folder (results.json, history, checkpoints)", _configure_run, _run),
     Command("recipes", "list the shipped recipes, one line each", _configure_recipes, _recipes),
     Command("plot", "draw the pictures of a run folder", _configure_plot, _plot, pass_through=True),
+    Command("demo", "the NPN paper's moons experiment, sparsify and expand, with pictures", _configure_demo, _demo),
 ]
 
 
