@@ -6,9 +6,13 @@ dense one and grow it without changing what it computes. See README.md and docs/
 """
 
 from neuroplastic.data import DatasetNotFoundError, DataSplits, TensorLoader, load_dataset
+from neuroplastic.lp import LpCGD
 from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.methods.dst import GMP, SET, GraNet, RigL, Static
 from neuroplastic.methods.hard_concrete import HardConcrete
+from neuroplastic.methods.lpss import LpSS
 from neuroplastic.methods.npn import NPN, split_param_groups
+from neuroplastic.methods.rewind import IterativePruning
 from neuroplastic.metrics import count_flops, count_parameters, count_weights
 from neuroplastic.models import get_model, list_models
 from neuroplastic.structure import compact, grow, load_compact, save_compact, select_units, trace_unit_groups
@@ -16,7 +20,15 @@ from neuroplastic.structure import compact, grow, load_compact, save_compact, se
 __version__ = "0.1.0"
 
 __all__ = [
+    "GMP",
     "NPN",
+    "SET",
+    "GraNet",
+    "IterativePruning",
+    "LpCGD",
+    "LpSS",
+    "RigL",
+    "Static",
     "CapacityMethod",
     "DataSplits",
     "DatasetNotFoundError",
