@@ -22,6 +22,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for method_name in METHODS:
             _run(rank, method_name, out_dir)
     finally:
+        dist.barrier()  # no rank tears the group down while the other still talks to it
         dist.destroy_process_group()
 
 

@@ -38,6 +38,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         moved.append(float((npn.sites[0].gates.phi.detach() - start).abs().max()))
         torch.save({"identical": identical, "moved": moved}, os.path.join(out_dir, f"npn{rank}.pt"))
     finally:
+        dist.barrier()  # no rank tears the group down while the other still talks to it
         dist.destroy_process_group()
 
 
