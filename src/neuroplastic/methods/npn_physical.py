@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from neuroplastic.gates.sites import weighted_layers
-from neuroplastic.methods.npn import HIBERNATING_LOGIT, NPN
+from neuroplastic.gates.stages import K_FROZEN
+from neuroplastic.methods.npn import HIBERNATING_LOGIT, NPN, OPEN_LOGIT
 from neuroplastic.metrics import count_weights
 from neuroplastic.structure import grow, select_units, trace_unit_groups
 from neuroplastic.structure.grow import insertion_src
@@ -83,7 +84,19 @@ class PhysicalNPN(NPN):
         reserve: int = 2,
         example_input: torch.Tensor | None = None,
         optimizers: Optimizers = None,
-        **options: Any,
+        gates: Sequence[str] | dict[str, str] | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        init_active: int | Sequence[int] | dict[str, int] | None = None,
+        stages: Sequence[int] | None = None,
+        k_frozen: float = K_FROZEN,
+        gate: str = "sigmoid",
+        estimator: str = "arm",
+        sampling: str = "batch",
+        test_gate: str = "binary",
+        fill: float = OPEN_LOGIT,
+        expand_step: int = 1,
+        seed: int = 0,
     ) -> None:
         if mode != "expand":
             raise ValueError(f"PhysicalNPN needs mode='expand' (sparse mode starts full size), got {mode!r}")
@@ -97,7 +110,10 @@ class PhysicalNPN(NPN):
         # the full-size fan-ins: new units are drawn as the full-size layers would draw them
         self._full_fan_in = {name: m.weight[0].numel() for name, m in full_layers.items()}
         self._params_full = count_weights(model)
-        super().__init__(model, mode, k, lam, **options)
+        super().__init__(model, mode, k, lam, gates=gates, include=include, exclude=exclude,
+                         init_active=init_active, stages=stages, k_frozen=k_frozen, gate=gate,
+                         estimator=estimator, sampling=sampling, test_gate=test_gate, fill=fill,
+                         expand_step=expand_step, seed=seed)
         self._example = example_input[:2].detach()
         self._groups = self._trace()
         self.groups, self.physical_sites = self._plan()
@@ -105,6 +121,14 @@ class PhysicalNPN(NPN):
         self._resize_to(sizes)
         self._refill()
         self._load_hook = model.register_load_state_dict_pre_hook(self._before_model_load)
+
+    @classmethod
+    def from_recipe(cls, model: nn.Module, *, epochs: int, steps_per_epoch: int,
+                    example_input: torch.Tensor | None = None, **options: Any) -> PhysicalNPN:
+        """Build from a recipe's ``method`` section; the runner passes ``example_input`` (a batch of
+        zeros of the data's input shape) and binds the optimizers once it has built them."""
+        return super().from_recipe(model, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                   example_input=example_input, **options)
 
     def bind_optimizers(self, optimizers: Optimizers) -> None:
         """The optimizer(s) whose parameters and state follow every resize of the model."""
