@@ -1,0 +1,176 @@
+"""PhysicalNPN: a physically-sized expand run computes what the simulated (pre-allocated) one does."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from neuroplastic.methods.npn import NPN
+from neuroplastic.methods.npn_physical import PhysicalNPN
+from neuroplastic.models import get_model
+
+LENET_GATES = {"conv1": "out", "conv2": "out", "fc1": "in", "fc2": "in"}  # the paper's a-b-c-d placement
+LENET = dict(mode="expand", k=1.0, gates=LENET_GATES, init_active=[3, 3, 48, 3], stages=(0, 50), fill=0.5)
+MOONS = dict(mode="expand", k=1.0, gates={"fc1": "in", "fc2": "in"}, init_active=[3, 3], stages=(0, 50),
+             fill=0.5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _pair(name: str, options: dict, x: torch.Tensor, **kwargs):
+    """(physical model, PhysicalNPN, simulated model, NPN) built from the same seed."""
+    torch.manual_seed(0)
+    model = get_model(name, **kwargs)
+    simulated = copy.deepcopy(model)
+    return model, PhysicalNPN(model, example_input=x, **options), simulated, NPN(simulated, **options)
+
+
+@torch.no_grad()
+def _embed(physical: nn.Module, simulated: nn.Module) -> None:
+    """Copy every physical tensor into the leading slots of the simulated one (the rest hibernates).
+
+    Leading slots are the right ones everywhere: units are kept as a prefix, and flattening is
+    channel-major, so the first c channels of conv2 are the first 16*c inputs of fc1."""
+    target = simulated.state_dict()
+    for key, value in physical.state_dict().items():
+        target[key][tuple(slice(0, n) for n in value.shape)].copy_(value)
+
+
+def _lenet_input():
+    torch.manual_seed(1)
+    return torch.randn(6, 1, 28, 28), torch.randint(10, (6,))
+
+
+def _train(model, method, opt, x, y, steps: int) -> None:
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        method.backward(lambda: nn.functional.cross_entropy(model(x), y))
+        opt.step()
+
+
+def _eval(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def test_construction_is_the_simulated_network_cut_to_allocated_plus_reserve():
+    x, _ = _lenet_input()
+    phys, p, sim, s = _pair("lenet5_caffe", LENET, x)
+    assert torch.allclose(_eval(phys, x), _eval(sim, x), atol=1e-6, rtol=0)
+    a, b = p.architecture(), s.architecture()
+    for key in ("layers", "arch", "params", "params_dense"):
+        assert a[key] == b[key]
+    assert a["arch"] == [3, 3, 48, 3] and a["physical_arch"] == [5, 5, 80, 5]
+    # 5x1x25 + 5x5x25 + 5x80 + 10x5 weights held; the full 20-50-800-500 net has 430,500
+    assert a["params_physical"] == 125 + 625 + 400 + 50 and a["params_dense"] == 430500
+    assert [tuple(phys.conv2.weight.shape), tuple(phys.fc1.weight.shape)] == [(5, 5, 5, 5), (5, 80)]
+    assert all(v.startswith("physical") for v in p.physical_sites.values())
+
+
+def _expand_twice(method, start: int = 1) -> list[dict]:
+    """Two expansion events (always a new best loss): the second uses a reserve of 2 up."""
+    events = []
+    for epoch in (start, start + 1):
+        method.set_epoch(epoch)
+        events += method.end_epoch(val_loss=10.0 - epoch)
+    return events
+
+
+def test_after_each_growth_the_model_computes_what_the_simulated_one_does():
+    x, y = _lenet_input()
+    phys, p, sim, s = _pair("lenet5_caffe", LENET, x)
+    opt = torch.optim.Adam(phys.parameters(), lr=1e-2)
+    p.bind_optimizers(opt)
+    grows = []
+    for epoch in range(5):
+        p.set_epoch(epoch)
+        _train(phys, p, opt, x, y, steps=2)
+        events = p.end_epoch(val_loss=10.0 - epoch)  # always a new best: expand every epoch
+        grows += [e for e in events if e["event"] == "grow"]
+        # the same open units and weights in the pre-allocated network: the same outputs
+        _embed(phys, sim)
+        s.allocated = list(p.allocated)
+        assert torch.allclose(_eval(phys, x), _eval(sim, x), atol=1e-5, rtol=0)
+        a, b = p.architecture(), s.architecture()
+        assert (a["arch"], a["params"], a["params_dense"]) == (b["arch"], b["params"], b["params_dense"])
+    assert {e["group"] for e in grows} >= {"conv1", "conv2", "fc1"}
+    assert p.physical_widths()[1] * 16 == p.physical_widths()[2]  # fc1 reads 16 features per channel
+
+
+def test_growth_extends_adam_state_with_zeros_and_training_continues():
+    x, y = _lenet_input()
+    phys, p, _, _ = _pair("lenet5_caffe", LENET, x)
+    opt = torch.optim.Adam(phys.parameters(), lr=1e-2)
+    p.bind_optimizers(opt)
+    _train(phys, p, opt, x, y, steps=3)
+    old_w = opt.state[phys.conv2.weight]["exp_avg"].clone()
+    old_phi = opt.state[phys.fc1.npn_in.phi]["exp_avg_sq"].clone()
+    old_step = opt.state[phys.conv2.weight]["step"].clone()
+    events = _expand_twice(p)
+    assert {"epoch": 2, "event": "grow", "group": "conv2", "units": [5, 6], "width": 7} in events
+    assert tuple(phys.conv2.weight.shape) == (7, 7, 5, 5) and tuple(phys.fc1.weight.shape) == (7, 112)
+    state = opt.state[phys.conv2.weight]
+    assert torch.equal(state["exp_avg"][:5, :5], old_w) and not state["exp_avg"][5:].any()
+    assert not state["exp_avg"][:, 5:].any()  # conv1 grew too: new input columns
+    assert torch.equal(state["step"], old_step)
+    phi_state = opt.state[phys.fc1.npn_in.phi]["exp_avg_sq"]
+    assert torch.equal(phi_state[:80], old_phi) and not phi_state[80:].any()
+    assert {id(q) for g in opt.param_groups for q in g["params"]} == {id(q) for q in phys.parameters()}
+    assert (phys.conv2.npn_out.phi[5:] == -40.0).all()  # new units hibernate (k = 1)
+    w = phys.conv2.weight.detach().clone()
+    _train(phys, p, opt, x, y, steps=3)
+    assert not torch.equal(phys.conv2.weight[:5], w[:5])
+    assert torch.equal(phys.conv2.weight[5:], w[5:])  # closed units get no gradient, no Adam step
+    assert torch.isfinite(_eval(phys, x)).all()
+
+
+def test_moons_input_gate_stays_full_width_and_hidden_gate_is_physical():
+    torch.manual_seed(2)
+    x = torch.randn(8, 100)
+    phys, p, sim, s = _pair("mlp", MOONS, x)
+    assert p.physical_sites["fc1:in"].startswith("simulated: group 'x'")
+    assert p.physical_sites["fc2:in"] == "physical: group 'fc1'"
+    assert p.physical_widths() == [100, 5] and tuple(phys.fc1.weight.shape) == (5, 100)
+    assert torch.allclose(_eval(phys, x), _eval(sim, x), atol=1e-6, rtol=0)
+    assert p.architecture()["params"] == s.architecture()["params"] == 3 * 3 + 3 * 2
+
+
+def test_state_dict_of_a_smaller_model_loads_by_resizing():
+    x, y = _lenet_input()
+    phys, p, _, _ = _pair("lenet5_caffe", LENET, x)
+    opt = torch.optim.Adam(phys.parameters(), lr=1e-2)
+    p.bind_optimizers(opt)
+    saved = copy.deepcopy(phys.state_dict())
+    expected = _eval(phys, x)
+    _expand_twice(p)
+    assert p.physical_widths() == [7, 7, 112, 7]
+    phys.load_state_dict(saved)  # e.g. the best epoch's weights, saved before a growth
+    assert p.physical_widths() == [5, 5, 80, 5] and tuple(phys.fc1.weight.shape) == (5, 80)
+    assert torch.equal(_eval(phys, x), expected)
+    assert {id(q) for g in opt.param_groups for q in g["params"]} == {id(q) for q in phys.parameters()}
+    _train(phys, p, opt, x, y, steps=1)
+
+
+def test_bad_arguments_raise():
+    x, _ = _lenet_input()
+    model = get_model("lenet5_caffe")
+    with pytest.raises(ValueError, match="mode='expand'"):
+        PhysicalNPN(model, mode="sparse", example_input=x)
+    with pytest.raises(ValueError, match="reserve"):
+        PhysicalNPN(model, reserve=0, example_input=x, init_active=3)
+    with pytest.raises(TypeError, match="example_input"):
+        PhysicalNPN(model, init_active=3)
+    p = PhysicalNPN(model, example_input=x, init_active=3, stages=(0, 9), fill=0.5)
+    with pytest.raises(RuntimeError, match="bind_optimizers"):  # the second expansion grows
+        _expand_twice(p)
