@@ -174,3 +174,22 @@ def test_bad_arguments_raise():
     p = PhysicalNPN(model, example_input=x, init_active=3, stages=(0, 9), fill=0.5)
     with pytest.raises(RuntimeError, match="bind_optimizers"):  # the second expansion grows
         _expand_twice(p)
+
+
+def test_moons_recipe_physical_and_simulated_agree_statistically(tmp_path):
+    """One seed of the 3-seed comparison (benchmarks/physical_npn_moons.py, docs/npn-physical.md), at
+    5% of the epochs: loose bounds, the two runs draw different gate noise."""
+    from neuroplastic.recipes.runner import execute, prepare
+
+    results = {}
+    for label, extra in (("simulated", []), ("physical", ["method.name=neuroplastic.methods.npn_physical:PhysicalNPN",
+                                                          "method.reserve=2"])):
+        prep = prepare("npn-moons-expand", ["epochs_scale=0.05", "seed=0", *extra], out=tmp_path / label)
+        results[label] = execute(prep, progress=False)
+        results[label]["held"] = prep.method.architecture().get("params_physical")
+    sim, phys = results["simulated"], results["physical"]
+    assert min(sim["test_accuracy"], phys["test_accuracy"]) >= 0.7
+    assert abs(sim["test_accuracy"] - phys["test_accuracy"]) <= 0.08
+    assert 0.5 <= phys["params"] / sim["params"] <= 2.0
+    assert phys["params_dense"] == sim["params_dense"] == 100 * 80 + 80 * 2
+    assert phys["held"] < 100 * 40 + 40 * 2  # the physical MLP never held half its hidden units
