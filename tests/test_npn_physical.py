@@ -105,6 +105,7 @@ def test_after_each_growth_the_model_computes_what_the_simulated_one_does():
         a, b = p.architecture(), s.architecture()
         assert (a["arch"], a["params"], a["params_dense"]) == (b["arch"], b["params"], b["params_dense"])
     assert {e["group"] for e in grows} >= {"conv1", "conv2", "fc1"}
+    assert torch.allclose(_eval(p.compact(x), x), _eval(phys, x), atol=1e-5, rtol=0)  # compaction works too
     assert p.physical_widths()[1] * 16 == p.physical_widths()[2]  # fc1 reads 16 features per channel
 
 
@@ -192,4 +193,5 @@ def test_moons_recipe_physical_and_simulated_agree_statistically(tmp_path):
     assert abs(sim["test_accuracy"] - phys["test_accuracy"]) <= 0.08
     assert 0.5 <= phys["params"] / sim["params"] <= 2.0
     assert phys["params_dense"] == sim["params_dense"] == 100 * 80 + 80 * 2
+    assert "compact_file" in phys and "compact_error" not in phys
     assert phys["held"] < 100 * 40 + 40 * 2  # the physical MLP never held half its hidden units
