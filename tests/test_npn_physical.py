@@ -129,6 +129,13 @@ def test_growth_extends_adam_state_with_zeros_and_training_continues():
     assert torch.equal(phi_state[:80], old_phi) and not phi_state[80:].any()
     assert {id(q) for g in opt.param_groups for q in g["params"]} == {id(q) for q in phys.parameters()}
     assert (phys.conv2.npn_out.phi[5:] == -40.0).all()  # new units hibernate (k = 1)
+    # drawn as the full-size layers draw them: uniform in +-1/sqrt(full fan-in), outgoing weights too
+    # (grow alone would draw conv2's rows from its physical fan-in 5*25: up to twice as wide)
+    for new, fan_in in ((phys.conv2.weight[5:], 20 * 25), (phys.fc1.weight[:, 80:], 800),
+                        (phys.conv2.weight[:, 5:], 20 * 25)):
+        bound = fan_in**-0.5
+        assert new.abs().max() <= bound and new.abs().max() > 0.5 * bound  # hundreds of draws
+    assert phys.conv2.bias[5:].abs().max() <= (20 * 25) ** -0.5
     w = phys.conv2.weight.detach().clone()
     _train(phys, p, opt, x, y, steps=3)
     assert not torch.equal(phys.conv2.weight[:5], w[:5])
