@@ -202,3 +202,29 @@ def test_moons_recipe_physical_and_simulated_agree_statistically(tmp_path):
     assert phys["params_dense"] == sim["params_dense"] == 100 * 80 + 80 * 2
     assert "compact_file" in phys and "compact_error" not in phys
     assert phys["held"] < 100 * 40 + 40 * 2  # the physical MLP never held half its hidden units
+
+
+def test_resnet_block_convs_are_physical_residual_streams_are_simulated():
+    """Out-gates after BatchNorm (block convs) are resized with their BatchNorm; the stem and the fc
+    inputs write or read a residual stream (several writers) and keep their full width."""
+    torch.manual_seed(3)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(10, (4,))
+    gates = {"conv1": "out", **{f"layer{i}.{b}.conv1": "out" for i in (1, 2, 3) for b in range(3)}, "fc": "in"}
+    options = dict(mode="expand", k=7.0, gates=gates, init_active=3, stages=(0, 9), fill=3.0)
+    with pytest.warns(UserWarning, match="residual stream"):
+        phys, p, sim, s = _pair("resnet20", options, x, num_classes=10)
+    assert p.physical_sites["conv1:out"].startswith("simulated") and p.physical_sites["fc:in"].startswith("simulated")
+    assert p.physical_widths() == [16] + [5] * 9 + [64]
+    assert phys.layer2[1].bn1.num_features == 5 and tuple(phys.layer2[1].bn1.running_var.shape) == (5,)
+    opt = torch.optim.SGD(phys.parameters(), lr=0.05, momentum=0.9)
+    p.bind_optimizers(opt)
+    for epoch in range(2):
+        p.set_epoch(epoch)
+        _train(phys, p, opt, x, y, steps=1)
+        p.end_epoch(val_loss=5.0 - epoch)
+    assert p.physical_widths() == [16] + [7] * 9 + [64] and phys.layer3[2].conv2.in_channels == 7
+    _embed(phys, sim)
+    s.allocated = list(p.allocated)
+    assert torch.allclose(_eval(phys, x), _eval(sim, x), atol=1e-5, rtol=0)
+    assert p.architecture()["params"] == s.architecture()["params"]
+    _train(phys, p, opt, x, y, steps=1)
