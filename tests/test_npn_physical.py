@@ -228,3 +228,29 @@ def test_resnet_block_convs_are_physical_residual_streams_are_simulated():
     assert torch.allclose(_eval(phys, x), _eval(sim, x), atol=1e-5, rtol=0)
     assert p.architecture()["params"] == s.architecture()["params"]
     _train(phys, p, opt, x, y, steps=1)
+
+
+def test_resume_of_a_grown_physical_run_matches_an_uninterrupted_run(tmp_path):
+    from neuroplastic.recipes.runner import execute, prepare
+
+    overrides = ["epochs_scale=0.02", "seed=1", "method.name=neuroplastic.methods.npn_physical:PhysicalNPN"]
+    full = execute(prepare("npn-moons-expand", overrides, out=tmp_path / "a"), progress=False)
+    prep = prepare("npn-moons-expand", overrides, out=tmp_path / "b")
+    steps = {"n": 0}
+    original_step = prep.method.step
+
+    def step_then_die():
+        original_step()
+        steps["n"] += 1
+        if steps["n"] == 4 * 12 + 2:  # inside epoch 12, after growths (expansion from epoch 2)
+            raise KeyboardInterrupt
+
+    prep.method.step = step_then_die
+    with pytest.raises(KeyboardInterrupt):
+        execute(prep, progress=False)
+    assert prep.method.physical_widths()[1] > 5
+    resumed_prep = prepare("npn-moons-expand", overrides, out=tmp_path / "b", resume=True)
+    assert resumed_prep.method.physical_widths()[1] == 5  # fresh: allocated + reserve, grown on load
+    resumed = execute(resumed_prep, progress=False)
+    drop = ("wall_seconds", "session_seconds")
+    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
