@@ -254,3 +254,19 @@ def test_resume_of_a_grown_physical_run_matches_an_uninterrupted_run(tmp_path):
     resumed = execute(resumed_prep, progress=False)
     drop = ("wall_seconds", "session_seconds")
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
+
+
+def test_expand_step_larger_than_reserve_keeps_room_for_the_next_step():
+    torch.manual_seed(2)
+    x = torch.randn(8, 100)
+    options = {**MOONS, "expand_step": 3}
+    torch.manual_seed(0)
+    model = get_model("mlp")
+    p = PhysicalNPN(model, example_input=x, reserve=1, **options)
+    assert p.physical_widths() == [100, 6]  # 3 allocated + room for one step of 3 (> reserve 1)
+    p.bind_optimizers([])  # no optimizer: e.g. evaluating; growth still allowed
+    p.set_epoch(1)
+    events = p.end_epoch(val_loss=1.0)
+    assert [e["units"] for e in events if e["event"] == "expand"] == [[3, 4, 5], [3, 4, 5]]
+    assert {"epoch": 1, "event": "grow", "group": "fc1", "units": [6, 7, 8], "width": 9} in events
+    assert p.physical_widths() == [100, 9] and tuple(model.fc2.weight.shape) == (2, 9)

@@ -105,7 +105,8 @@ class PhysicalNPN(NPN):
         if not isinstance(example_input, torch.Tensor):
             raise TypeError(f"example_input must be a tensor (one batch of model input), got {type(example_input)}")
         self.reserve = reserve
-        self.optimizers: list[torch.optim.Optimizer] = _as_list(optimizers)
+        # None: not bound yet (a growth raises); [] after bind_optimizers([]): the model has none
+        self.optimizers: list[torch.optim.Optimizer] | None = None if optimizers is None else _as_list(optimizers)
         full_layers = weighted_layers(model)
         # the full-size fan-ins: new units are drawn as the full-size layers would draw them
         self._full_fan_in = {name: m.weight[0].numel() for name, m in full_layers.items()}
@@ -117,9 +118,8 @@ class PhysicalNPN(NPN):
         self._example = example_input[:2].detach()
         self._groups = self._trace()
         self.groups, self.physical_sites = self._plan()
-        sizes = {g.name: min(g.full, self._needed(g) + reserve) for g in self.groups}
-        self._resize_to(sizes)
-        self._refill()
+        self._resize_to({g.name: min(g.full, max(self._needed(g) + reserve, self._needed(g, self.expand_step)))
+                         for g in self.groups})
         self._load_hook = model.register_load_state_dict_pre_hook(self._before_model_load)
 
     @classmethod
@@ -131,7 +131,8 @@ class PhysicalNPN(NPN):
                                    example_input=example_input, **options)
 
     def bind_optimizers(self, optimizers: Optimizers) -> None:
-        """The optimizer(s) whose parameters and state follow every resize of the model."""
+        """The optimizer(s) whose parameters and state follow every resize of the model (``[]`` when
+        the model is not being trained, e.g. to load a checkpoint for evaluation)."""
         self.optimizers = _as_list(optimizers)
 
     # -- which sites are physically sized -------------------------------------------------------
@@ -226,7 +227,7 @@ class PhysicalNPN(NPN):
         for name, size in sizes.items():
             pg = self._by_name(name)
             if size > pg.size:
-                if not self.optimizers:
+                if self.optimizers is None:
                     raise RuntimeError("PhysicalNPN must know the optimizers to grow the model: pass "
                                        "optimizers=... or call bind_optimizers(...) after creating them")
                 n, old = size - pg.size, pg.size
