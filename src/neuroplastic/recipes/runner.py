@@ -9,6 +9,7 @@ of the builders) raised by :func:`prepare` into one line on stderr and exit code
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -96,7 +97,10 @@ def prepare(
     splits, loaders = load_data(recipe, data_dir, device)
     model = build_model(recipe, splits).to(device)
     flops_dense = count_flops(model, splits.input_shape)
-    method, optimizers, schedules = build_training(recipe, model, steps_per_epoch=len(loaders["train"]))
+    # a batch of zeros of the input shape, for methods that trace the model (values do not matter)
+    example = torch.zeros((2, *splits.input_shape), device=device)
+    method, optimizers, schedules = build_training(recipe, model, steps_per_epoch=len(loaders["train"]),
+                                                   example_input=example)
     source = " ".join([str(ref), *overrides])
     return Prepared(recipe, run_dir, resume, model, method, optimizers, schedules, loaders,
                     tuple(splits.input_shape), flops_dense, source)
@@ -134,9 +138,13 @@ def build_model(recipe: dict[str, Any], splits: Any) -> nn.Module:
 
 
 def build_training(
-    recipe: dict[str, Any], model: nn.Module, *, steps_per_epoch: int
+    recipe: dict[str, Any], model: nn.Module, *, steps_per_epoch: int, example_input: torch.Tensor | None = None
 ) -> tuple[CapacityMethod, list[torch.optim.Optimizer], list[Any]]:
-    """Method, optimizers and per-step LR schedules, built in the order the method needs."""
+    """Method, optimizers and per-step LR schedules, built in the order the method needs.
+
+    A method whose ``from_recipe`` takes ``example_input`` gets it (methods that resize the model
+    trace it); a method with ``bind_optimizers`` is told the optimizers once they exist.
+    """
     method_cfg = dict(recipe["method"])
     name = method_cfg.pop("name")
     optim = recipe["optim"]
@@ -145,6 +153,8 @@ def build_training(
     if keys is not None and "seed" in keys and "seed" not in method_cfg:
         method_cfg["seed"] = recipe["seed"]  # the method's own generator follows the recipe's seed
     kwargs = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "options": method_cfg}
+    if example_input is not None and "example_input" in _from_recipe_params(name):
+        method_cfg["example_input"] = example_input
     if registry.wants_optimizer(name):  # mask methods: optimizer first, the method zeroes its state
         if optim["gates"] is not None:
             raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gates")
@@ -158,6 +168,9 @@ def build_training(
             weights, gates = _split_gates(method, name)
             optimizers = [_optimizer(weights, optim["weights"], "optim.weights"),
                           _optimizer(gates, optim["gates"], "optim.gates")]
+    bind = getattr(method, "bind_optimizers", None)
+    if bind is not None:  # methods that replace parameters (growth) keep the optimizers consistent
+        bind(optimizers)
     specs = [optim["weights"], optim["gates"]][: len(optimizers)]
     try:
         schedules = [build_schedule(o, s.get("schedule"), epochs=epochs, steps_per_epoch=steps_per_epoch)
@@ -165,6 +178,11 @@ def build_training(
     except ValueError as err:
         raise RecipeError(f"optim: {err}") from None
     return method, optimizers, schedules
+
+
+def _from_recipe_params(name: str) -> set[str]:
+    cls = registry.method_class(name)
+    return set(inspect.signature(cls.from_recipe).parameters) if hasattr(cls, "from_recipe") else set()
 
 
 def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> torch.optim.Optimizer:
