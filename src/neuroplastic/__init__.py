@@ -12,6 +12,7 @@ from neuroplastic.methods.dst import GMP, SET, GraNet, RigL, Static
 from neuroplastic.methods.hard_concrete import HardConcrete
 from neuroplastic.methods.lpss import LpSS
 from neuroplastic.methods.npn import NPN, split_param_groups
+from neuroplastic.methods.npn_physical import PhysicalNPN
 from neuroplastic.methods.rewind import IterativePruning
 from neuroplastic.metrics import count_flops, count_parameters, count_weights
 from neuroplastic.models import get_model, list_models
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GMP",
     "NPN",
+    "PhysicalNPN",
     "SET",
     "GraNet",
     "IterativePruning",
