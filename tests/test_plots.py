@@ -169,6 +169,13 @@ def test_neuron_map_can_ignore_the_checkpoint_without_a_warning(tmp_path):
         assert gif.n_frames == 2
 
 
+def test_damaged_checkpoint_is_named(tmp_path):
+    run = make_npn_run(tmp_path)
+    (run / "checkpoint.pt").write_bytes(b"cut short")
+    with pytest.raises(PlotDataError, match=r"'neurons' plot cannot read .*checkpoint.pt"):
+        plot_neuron_map(load_run(run), tmp_path / "n.gif")
+
+
 def test_neuron_map_needs_pi_snapshots(tmp_path):
     with pytest.raises(PlotDataError, match=r"'neurons' plot needs .*pi/"):
         plot_neuron_map(load_run(make_mask_run(tmp_path)), tmp_path / "n.gif")
