@@ -135,6 +135,12 @@ def test_neuron_map_gif_has_one_frame_per_snapshot(tmp_path):
         # 3 gated layers in one row, 800 px wide: height = 266.7 * 0.92 + 70 + 80 = 395.3 -> 396 (even)
         assert gif.size == (800, 396)
         assert gif.n_frames == EPOCHS
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    # 3 frames per second (GIF stores centiseconds: 330 ms), the last frame held for about 2 s
+    assert durations[:-1] == [330] * (EPOCHS - 1) and durations[-1] >= 1900
     assert out.stat().st_size < 3 * 2**20
 
 
@@ -161,6 +167,13 @@ def test_neuron_map_can_ignore_the_checkpoint_without_a_warning(tmp_path):
         out = plot_neuron_map(run, tmp_path / "n.gif", max_frames=2, use_checkpoint=False)
     with Image.open(out) as gif:
         assert gif.n_frames == 2
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    run = make_npn_run(tmp_path)
+    (run / "checkpoint.pt").write_bytes(b"cut short")
+    with pytest.raises(PlotDataError, match=r"'neurons' plot cannot read .*checkpoint.pt"):
+        plot_neuron_map(load_run(run), tmp_path / "n.gif")
 
 
 def test_neuron_map_needs_pi_snapshots(tmp_path):

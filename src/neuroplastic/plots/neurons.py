@@ -153,4 +153,8 @@ def plot_neuron_map(
                     label.set_text(f"{panel.gate}{panel.kind}: {count}")
             title.set_text(_frame_title(run, snap.epoch))
             writer.grab_frame()
+        # hold the final architecture about two seconds before the GIF loops: Pillow merges identical
+        # consecutive frames into one longer frame, so the frame count stays one per snapshot
+        for _ in range(max(0, round(2 * fps) - 1)):
+            writer.grab_frame()
     return out_path

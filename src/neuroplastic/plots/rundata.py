@@ -208,7 +208,10 @@ class RunData:
             raise PlotDataError(f"the '{plot}' plot needs {path}, which does not exist")
         # The checkpoint also holds optimizer, method and RNG states, which are not plain tensors;
         # run folders are the user's own output, so a full unpickle is acceptable here.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means the same: unreadable
+            raise PlotDataError(f"the '{plot}' plot cannot read {path} ({type(err).__name__}: {err})") from err
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
             raise PlotDataError(f"the '{plot}' plot needs a 'model' state_dict in {path}")
         return checkpoint["model"]
