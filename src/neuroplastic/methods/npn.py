@@ -234,7 +234,7 @@ class NPN(UnitGateMethod):
             with torch.no_grad():
                 site.gates.phi[new] = self.fill / self.k
             self.allocated[i] += len(new)
-            events.append({"epoch": self.epoch, "event": "expand", "layer": site.layer, "units": new,
+            events.append({"epoch": self.epoch, "event": "expand", "layer": site.layer, "gate": site.name, "units": new,
                            "val_loss": float(val_loss)})
         self.events.extend(events)
         return events
