@@ -38,6 +38,8 @@ def test_recipes_lists_every_shipped_recipe_with_its_description(capsys):
     (["run", "npn-mnist-lenet5-sparse", "data.batch_size=0"], "data.batch_size must be >= 1, got 0"),
     (["run", "npn-mnist-lenet5-sparse", "method.k=-1"], "k must be > 0, got -1"),
     (["run", "npn-mnist-lenet5-sparse", "method.gates={nope: out}"], "nope"),
+    (["run", "npn-mnist-lenet5-sparse", "model.name=torch.nn:Identity", "method.gates=null"],
+     "model cannot be gated"),
     (["run", "no-such-recipe"], "no recipe 'no-such-recipe'"),
     (["run", "npn-mnist-lenet5-sparse", "epochs"], "key=value"),
     (["run", "dense-mnist-lenet5", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
