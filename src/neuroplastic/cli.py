@@ -1,5 +1,6 @@
 """The ``neuroplastic`` command line: one table of subcommands, each a parser setup and a handler.
 
+``neuroplastic demo`` runs the moons experiment of the NPN paper,
 ``neuroplastic run RECIPE [key=value ...]`` trains a recipe into a run folder, ``neuroplastic recipes``
 lists the shipped recipes, ``neuroplastic plot RUN_DIR`` draws a run (from :mod:`neuroplastic.plots.cli`).
 A new subcommand is one more :class:`Command` in :data:`COMMANDS`.
@@ -120,10 +121,28 @@ def _plot(args: argparse.Namespace) -> int:
     return int(code or 0)
 
 
+# -- demo (implemented in neuroplastic.demo) ----------------------------------------------------------
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    from neuroplastic.demo import build_parser as demo_parser
+
+    demo_parser(p)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from neuroplastic.demo import run_demo
+
+    try:
+        run_demo(args)
+    except (ValueError, FileExistsError) as err:
+        return _fail("demo", err)
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command("run", "train a recipe into a run folder (results.json, history, checkpoints)", _configure_run, _run),
     Command("recipes", "list the shipped recipes, one line each", _configure_recipes, _recipes),
     Command("plot", "draw the pictures of a run folder", _configure_plot, _plot, pass_through=True),
+    Command("demo", "the NPN paper's moons experiment, sparsify and expand, with pictures", _configure_demo, _demo),
 ]
 
 

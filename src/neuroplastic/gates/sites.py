@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 GATEABLE = (nn.Linear, nn.Conv2d)
-SIDES = ("out", "in")
+SIDES = ("out", "in")  # per-layer sides; "group" sites come from make_group_site
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -58,8 +58,12 @@ class UnitGates(nn.Module):
         """Gate probabilities ``pi = g_k(phi)`` (differentiable)."""
         return self.prob_fn(self.phi, self.k)
 
-    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
-        """The gate tensor for activation ``x``, shaped to broadcast along the unit dimension."""
+    def gate_values(self, x: torch.Tensor, offset: int = 0, repeat: int = 1) -> torch.Tensor:
+        """The gate tensor for activation ``x``, shaped to broadcast along the unit dimension.
+
+        Unit ``u`` covers positions ``offset + u * repeat + j`` (``j < repeat``) of that dimension; the
+        other positions (other groups after a concatenation) get 1.
+        """
         phase = self.phase if self.training or self.phase == "value" else self.eval_phase
         if phase == "value":
             assert self.value_fn is not None, "phase 'value' needs a value_fn"
@@ -80,6 +84,13 @@ class UnitGates(nn.Module):
                 z = torch.rand(pi.shape, device=pi.device) < pi
             z = z.to(x.dtype)
         assert z is not None
+        if repeat != 1:
+            z = z.repeat_interleave(repeat, dim=-1)
+        width = x.shape[self.unit_dim % x.dim()]
+        if offset != 0 or z.shape[-1] != width:
+            full = z.new_ones((*z.shape[:-1], width))
+            full[..., offset : offset + z.shape[-1]] = z
+            z = full
         return self._broadcast(z, x)
 
     def _broadcast(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -93,18 +104,41 @@ class UnitGates(nn.Module):
         return z.reshape(shape)
 
 
+@dataclass(frozen=True)
+class HookPoint:
+    """Where a gate multiplies: the output (or, for in-gates, the input) of ``module``, at the units'
+    positions ``offset + u * repeat + j`` of the channel dimension."""
+
+    module: str
+    offset: int = 0
+    repeat: int = 1
+
+
 @dataclass
 class GateSite:
-    """One gate vector: which layer's units, which side, where the multiply happens."""
+    """One gate vector: which units (a layer's outputs or inputs, or a traced unit group), where the
+    multiply happens, and which layers' outputs (``writes``) and inputs (``reads``) the units are.
+
+    ``side`` is ``"out"``, ``"in"`` or ``"group"``; ``layer`` names the module that carries the gate
+    parameters (``<layer>.npn_<side>.phi``); for a group it is the group's name (its first producer).
+    ``writes`` / ``reads`` hold ``(layer, offset, repeat)`` for the live-architecture count.
+    """
 
     name: str
     layer: str
     side: str
     n: int
     weights_per_unit: int
-    hook_module: str
+    hooks: list[HookPoint]
     gates: UnitGates
-    handle: torch.utils.hooks.RemovableHandle | None = None
+    writes: list[tuple[str, int, int]] = field(default_factory=list)
+    reads: list[tuple[str, int, int]] = field(default_factory=list)
+    handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+
+    @property
+    def hook_module(self) -> str:
+        """The module of the first hook point (the only one for per-layer sites)."""
+        return self.hooks[0].module
 
 
 def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -159,12 +193,35 @@ def make_site(model: nn.Module, layer: str, side: str) -> GateSite:
         per_unit = w[0].numel()
         hook = following_norm(model, layer) or layer
     else:
-        n = w.shape[1] * (module.groups if isinstance(module, nn.Conv2d) else 1)
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ValueError(f"cannot gate the inputs of grouped conv {layer!r}: gate its producer's outputs")
+        n = w.shape[1]
         per_unit = w.numel() // n
         hook = layer
     unit_dim = -1 if isinstance(module, nn.Linear) else 1
     gates = UnitGates(n, unit_dim).to(device=w.device, dtype=w.dtype)
-    return GateSite(f"{layer}:{side}", layer, side, n, per_unit, hook, gates)
+    where = [(layer, 0, 1)]
+    return GateSite(f"{layer}:{side}", layer, side, n, per_unit, [HookPoint(hook)], gates,
+                    writes=where if side == "out" else [], reads=where if side == "in" else [])
+
+
+def make_group_site(model: nn.Module, group) -> GateSite:
+    """One gate for a traced unit group (:class:`neuroplastic.structure.UnitGroup`): it multiplies the
+    group's slice at each of ``group.gate_sites()`` (its BatchNorms, else its producers), so a closed
+    unit is zero in every branch that writes it (a whole residual stream, a concatenated slice)."""
+    if not group.prunable:
+        raise ValueError(f"unit group {group.name!r} cannot be gated: {group.reason}")
+    modules = dict(model.named_modules())
+    writers = [r for r in group.producers if r.kind in ("conv", "linear", "depthwise")]
+    per_unit = sum(modules[r.module].weight[0].numel() for r in writers)
+    w = modules[writers[0].module].weight
+    gates = UnitGates(group.size, 1).to(device=w.device, dtype=w.dtype)
+    hooks = [HookPoint(r.module, r.offset, r.repeat) for r in group.gate_sites()]
+    return GateSite(
+        f"{group.name}:group", group.name, "group", group.size, per_unit, hooks, gates,
+        writes=[(r.module, r.offset, r.repeat) for r in writers if r.kind != "depthwise"],
+        reads=[(r.module, r.offset, r.repeat) for r in group.consumers],
+    )
 
 
 def attach(model: nn.Module, site: GateSite) -> None:
@@ -175,21 +232,24 @@ def attach(model: nn.Module, site: GateSite) -> None:
         raise ValueError(f"layer {site.layer!r} already carries {attr} gates")
     modules[site.layer].add_module(attr, site.gates)
     gates = site.gates
-    if site.side == "out":
-        site.handle = modules[site.hook_module].register_forward_hook(
-            lambda mod, inputs, out: out * gates.gate_values(out)
-        )
-    else:
-        site.handle = modules[site.hook_module].register_forward_pre_hook(
-            lambda mod, args: (args[0] * gates.gate_values(args[0]), *args[1:])
-        )
+    for point in site.hooks:
+        o, r = point.offset, point.repeat
+        if site.side == "in":
+            handle = modules[point.module].register_forward_pre_hook(
+                lambda mod, args, o=o, r=r: (args[0] * gates.gate_values(args[0], o, r), *args[1:])
+            )
+        else:
+            handle = modules[point.module].register_forward_hook(
+                lambda mod, inputs, out, o=o, r=r: out * gates.gate_values(out, o, r)
+            )
+        site.handles.append(handle)
 
 
 def detach(model: nn.Module, site: GateSite) -> None:
-    """Undo :func:`attach`: remove the hook and the gates submodule."""
-    if site.handle is not None:
-        site.handle.remove()
-        site.handle = None
+    """Undo :func:`attach`: remove the hooks and the gates submodule."""
+    for handle in site.handles:
+        handle.remove()
+    site.handles = []
     layer = dict(model.named_modules())[site.layer]
     delattr(layer, f"npn_{site.side}")
 

@@ -8,6 +8,7 @@ subclasses that say how a gate is sampled and when a unit counts as open.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,15 @@ import torch
 from torch import nn
 
 from neuroplastic.gates.links import chain_links
-from neuroplastic.gates.sites import GateSite, attach, default_placement, detach, make_site, weighted_layers
+from neuroplastic.gates.sites import (
+    GateSite,
+    attach,
+    default_placement,
+    detach,
+    make_group_site,
+    make_site,
+    weighted_layers,
+)
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import count_weights
 
@@ -31,10 +40,14 @@ class UnitGateMethod(CapacityMethod):
         gates: Sequence[str] | dict[str, str] | None,
         include: list[str] | None,
         exclude: list[str] | None,
+        example_input: torch.Tensor | Sequence[int] | None = None,
     ) -> None:
         super().__init__(model)
-        placement = _placement(model, gates, include, exclude)
-        self.sites: list[GateSite] = [make_site(model, layer, side) for layer, side in placement.items()]
+        if gates == "groups":
+            self.sites = _group_sites(model, include, exclude, example_input)
+        else:
+            placement = _placement(model, gates, include, exclude)
+            self.sites = [make_site(model, layer, side) for layer, side in placement.items()]
         self.lam = self.per_site("lam", lam, float)
         self._links = chain_links(model)
 
@@ -92,7 +105,10 @@ class UnitGateMethod(CapacityMethod):
             n_out, n_in = m.weight.shape[0], m.weight.shape[1] * getattr(m, "groups", 1)
             masks[name] = [torch.ones(n_in, dtype=torch.bool), torch.ones(n_out, dtype=torch.bool)]
         for site, open_ in zip(self.sites, self.open_units(), strict=True):
-            masks[site.layer][0 if site.side == "in" else 1] &= open_.cpu()
+            for where, side in ((site.writes, 1), (site.reads, 0)):
+                for layer, offset, repeat in where:
+                    unit_mask = open_.cpu().repeat_interleave(repeat)
+                    masks[layer][side][offset : offset + len(unit_mask)] &= unit_mask
         for _ in range(2):  # closing travels both ways along a link
             for link in self._links:
                 prod_out, cons_in = masks[link.producer][1], masks[link.consumer][0]
@@ -129,11 +145,72 @@ class UnitGateMethod(CapacityMethod):
         with torch.no_grad():
             return {f"pi/{s.name}": self.keep_prob(s).cpu().numpy().astype("float16") for s in self.sites}
 
+    def eval_gate(self, site: GateSite) -> torch.Tensor:
+        """The gate values of ``site`` in evaluation mode, one per unit (binary ``phi > 0`` by default)."""
+        return (site.gates.phi.detach() > 0).to(site.gates.phi.dtype)
+
+    @torch.no_grad()
+    def compact(self, example_input: torch.Tensor) -> nn.Module:
+        """A plain ``nn.Module`` without gates and without the closed units, computing what the gated
+        model computes in evaluation mode (the model itself is left untouched).
+
+        The evaluation gates are baked into a copy (they scale the following BatchNorm's weight and
+        bias, or the layer's rows for out-gates, and the layer's input columns for in-gates), the hooks
+        and gate parameters are removed from it, and :func:`neuroplastic.structure.compact` slices the
+        closed units out of every coupled tensor. Units that cannot be removed (the network's input
+        features, channels of a residual stream gated per layer) stay, with zero weights.
+        ``example_input`` is one batch of model input, used to trace the model and check the result.
+        """
+        from neuroplastic.structure import compact, trace_unit_groups
+        from neuroplastic.structure.compact import keep_from_layer_masks
+
+        plain = copy.deepcopy(self.model)
+        modules = dict(plain.named_modules())
+        for site in self.sites:
+            z = self.eval_gate(site)
+            for point, handle in zip(site.hooks, site.handles, strict=True):
+                target = modules[point.module]
+                units = slice(point.offset, point.offset + site.n * point.repeat)
+                scale = z.repeat_interleave(point.repeat)
+                if site.side == "in":
+                    target.weight[:, units] *= scale.view([1, -1] + [1] * (target.weight.dim() - 2))
+                    target._forward_pre_hooks.pop(handle.id)
+                else:
+                    for tensor in (target.weight, target.bias):
+                        if tensor is not None:
+                            tensor[units] *= scale.view([-1] + [1] * (tensor.dim() - 1))
+                    target._forward_hooks.pop(handle.id)
+            delattr(modules[site.layer], f"npn_{site.side}")
+        opened = {name: out for name, (_, out) in self.layer_open_masks().items()}
+        groups = trace_unit_groups(plain, example_input)
+        return compact(plain, keep_from_layer_masks(groups, opened), example_input, groups=groups)
+
     def remove(self) -> None:
         """Detach every gate from the model (hooks and gate parameters): the plain model is back."""
         for site in self.sites:
             detach(self.model, site)
         self.sites = []
+
+
+def _group_sites(model, include, exclude, example_input) -> list[GateSite]:
+    """One gate per prunable unit group (traced with :mod:`neuroplastic.structure`)."""
+    from neuroplastic.structure import trace_unit_groups
+
+    if example_input is None:
+        raise ValueError("gates='groups' needs example_input (a batch, or the input shape without batch)")
+    if not isinstance(example_input, torch.Tensor):
+        param = next(model.parameters())
+        example_input = torch.zeros((2, *[int(d) for d in example_input]), device=param.device)
+    groups = [g for g in trace_unit_groups(model, example_input) if g.prunable]
+    names = [g.name for g in groups]
+    for arg, chosen in (("include", include), ("exclude", exclude)):
+        for name in chosen or []:
+            if name not in names:
+                raise ValueError(f"{arg} names {name!r}, which is not a prunable unit group; groups: {names}")
+    if not groups:
+        raise ValueError("model cannot be gated: the trace found no prunable unit group")
+    return [make_group_site(model, g) for g in groups
+            if (include is None or g.name in include) and g.name not in (exclude or [])]
 
 
 def _placement(model, gates, include, exclude) -> dict[str, str]:
@@ -144,5 +221,5 @@ def _placement(model, gates, include, exclude) -> dict[str, str]:
     if isinstance(gates, dict):
         return dict(gates)
     if isinstance(gates, str):
-        raise ValueError(f"gates must be a list of layer names or a dict {{layer: side}}, got {gates!r}")
+        raise ValueError(f"gates must be 'groups', a list of layer names or a dict {{layer: side}}, got {gates!r}")
     return {layer: "out" for layer in gates}

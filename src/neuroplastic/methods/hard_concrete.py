@@ -41,15 +41,16 @@ class HardConcrete(UnitGateMethod):
         model: nn.Module,
         lam: float | Sequence[float] | dict[str, float] = 0.0,
         *,
-        gates: Sequence[str] | dict[str, str] | None = None,
+        gates: str | Sequence[str] | dict[str, str] | None = None,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
+        example_input: torch.Tensor | Sequence[int] | None = None,
         init_drop_rate: float = 0.3,
         beta: float = BETA,
         gamma: float = GAMMA,
         zeta: float = ZETA,
     ) -> None:
-        super().__init__(model, lam, gates, include, exclude)
+        super().__init__(model, lam, gates, include, exclude, example_input)
         if not 0 < init_drop_rate < 1:
             raise ValueError(f"init_drop_rate must be in (0, 1), got {init_drop_rate}")
         if not (beta > 0 and gamma < 0 and zeta > 1):
@@ -83,6 +84,9 @@ class HardConcrete(UnitGateMethod):
         """The deterministic evaluation gate of each unit of ``site``."""
         s = torch.sigmoid(site.gates.phi.detach())
         return torch.clamp(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
+
+    def eval_gate(self, site: GateSite) -> torch.Tensor:
+        return self.test_gates(site)
 
     def open_units(self) -> list[torch.Tensor]:
         return [self.test_gates(s) > 0 for s in self.sites]

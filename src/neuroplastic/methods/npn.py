@@ -59,8 +59,10 @@ class NPN(UnitGateMethod):
         an out-gate counts the unit's incoming weights, an in-gate the weights that read the feature).
         Scale it yourself (the paper uses ``lam / N``).
     gates : placement: ``None`` (out-gates on every Linear/Conv2d but the last layer), a list of layer
-        names (out-gates), or a dict ``{layer: "out" | "in"}``.
-    include, exclude : restrict the default placement by layer name.
+        names (out-gates), a dict ``{layer: "out" | "in"}``, or ``"groups"``: one gate per prunable unit
+        group traced by :mod:`neuroplastic.structure` (residual streams and concatenations included).
+    include, exclude : restrict the default placement by layer name (group name for ``"groups"``).
+    example_input : a batch or an input shape; needed for ``gates="groups"``.
     init_active : units open at start per site (int, list, dict by layer, or None = all open); the
         rest hibernate at ``k*phi = -40``, open units start at ``k*phi = +3``.
     stages : ``(plastic_start, harden_start)`` epochs of the k schedule, or None (always plastic).
@@ -84,9 +86,10 @@ class NPN(UnitGateMethod):
         k: float = 7.0,
         lam: float | Sequence[float] | dict[str, float] = 0.0,
         *,
-        gates: Sequence[str] | dict[str, str] | None = None,
+        gates: str | Sequence[str] | dict[str, str] | None = None,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
+        example_input: torch.Tensor | Sequence[int] | None = None,
         init_active: int | Sequence[int] | dict[str, int] | None = None,
         stages: Sequence[int] | None = None,
         k_frozen: float = K_FROZEN,
@@ -98,7 +101,7 @@ class NPN(UnitGateMethod):
         expand_step: int = 1,
         seed: int = 0,
     ) -> None:
-        super().__init__(model, lam, gates, include, exclude)
+        super().__init__(model, lam, gates, include, exclude, example_input)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if estimator not in estimators.ESTIMATORS:
@@ -231,12 +234,19 @@ class NPN(UnitGateMethod):
             with torch.no_grad():
                 site.gates.phi[new] = self.fill / self.k
             self.allocated[i] += len(new)
-            events.append({"epoch": self.epoch, "event": "expand", "layer": site.layer, "units": new,
+            events.append({"epoch": self.epoch, "event": "expand", "layer": site.layer, "gate": site.name, "units": new,
                            "val_loss": float(val_loss)})
         self.events.extend(events)
         return events
 
     # -- reporting ------------------------------------------------------------------------------
+    def eval_gate(self, site) -> torch.Tensor:
+        phi = site.gates.phi.detach()
+        if self.test_gate == "binary":
+            return (phi > 0).to(phi.dtype)
+        pi = self.gate_fn.prob(phi, self.k)
+        return pi * (pi >= 0.5).to(pi.dtype)
+
     def metrics(self) -> dict[str, Any]:
         return {"k": self.k, "stage": self.stage, **self.architecture()}
 

@@ -26,6 +26,7 @@ from neuroplastic.recipes.config import RecipeError
 METHODS: dict[str, str] = {
     "dense": "neuroplastic.methods.base:CapacityMethod",
     "npn": "neuroplastic.methods.npn:NPN",
+    "npn_physical": "neuroplastic.methods.npn_physical:PhysicalNPN",
     "hard_concrete": "neuroplastic.methods.hard_concrete:HardConcrete",
     "static": "neuroplastic.methods.dst:Static",
     "set": "neuroplastic.methods.dst:SET",

@@ -9,7 +9,9 @@ of the builders) raised by :func:`prepare` into one line on stderr and exit code
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -21,13 +23,14 @@ import yaml
 from torch import nn
 
 from neuroplastic.methods.base import CapacityMethod
-from neuroplastic.metrics import count_flops, layer_flops
+from neuroplastic.metrics import count_flops, count_weights, layer_flops
 from neuroplastic.recipes import registry
 from neuroplastic.recipes.config import RecipeError, apply_overrides, load_recipe_file, scale_epochs, validate
 from neuroplastic.train.checkpoint import seed_everything
 from neuroplastic.train.loop import CHECKPOINT, fit
 from neuroplastic.train.optim import build_optimizer, build_schedule
 
+log = logging.getLogger(__name__)
 RECIPE_DIR = Path(__file__).parent
 RESULTS = "results.json"
 RECIPE_FILE = "recipe.yaml"
@@ -94,7 +97,10 @@ def prepare(
     splits, loaders = load_data(recipe, data_dir, device)
     model = build_model(recipe, splits).to(device)
     flops_dense = count_flops(model, splits.input_shape)
-    method, optimizers, schedules = build_training(recipe, model, steps_per_epoch=len(loaders["train"]))
+    # a batch of zeros of the input shape, for methods that trace the model (values do not matter)
+    example = torch.zeros((2, *splits.input_shape), device=device)
+    method, optimizers, schedules = build_training(recipe, model, steps_per_epoch=len(loaders["train"]),
+                                                   example_input=example)
     source = " ".join([str(ref), *overrides])
     return Prepared(recipe, run_dir, resume, model, method, optimizers, schedules, loaders,
                     tuple(splits.input_shape), flops_dense, source)
@@ -132,9 +138,13 @@ def build_model(recipe: dict[str, Any], splits: Any) -> nn.Module:
 
 
 def build_training(
-    recipe: dict[str, Any], model: nn.Module, *, steps_per_epoch: int
+    recipe: dict[str, Any], model: nn.Module, *, steps_per_epoch: int, example_input: torch.Tensor | None = None
 ) -> tuple[CapacityMethod, list[torch.optim.Optimizer], list[Any]]:
-    """Method, optimizers and per-step LR schedules, built in the order the method needs."""
+    """Method, optimizers and per-step LR schedules, built in the order the method needs.
+
+    A method whose ``from_recipe`` takes ``example_input`` gets it (methods that resize the model
+    trace it); a method with ``bind_optimizers`` is told the optimizers once they exist.
+    """
     method_cfg = dict(recipe["method"])
     name = method_cfg.pop("name")
     optim = recipe["optim"]
@@ -143,6 +153,8 @@ def build_training(
     if keys is not None and "seed" in keys and "seed" not in method_cfg:
         method_cfg["seed"] = recipe["seed"]  # the method's own generator follows the recipe's seed
     kwargs = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "options": method_cfg}
+    if example_input is not None and "example_input" in _from_recipe_params(name):
+        method_cfg["example_input"] = example_input
     if registry.wants_optimizer(name):  # mask methods: optimizer first, the method zeroes its state
         if optim["gates"] is not None:
             raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gates")
@@ -156,6 +168,9 @@ def build_training(
             weights, gates = _split_gates(method, name)
             optimizers = [_optimizer(weights, optim["weights"], "optim.weights"),
                           _optimizer(gates, optim["gates"], "optim.gates")]
+    bind = getattr(method, "bind_optimizers", None)
+    if bind is not None:  # methods that replace parameters (growth) keep the optimizers consistent
+        bind(optimizers)
     specs = [optim["weights"], optim["gates"]][: len(optimizers)]
     try:
         schedules = [build_schedule(o, s.get("schedule"), epochs=epochs, steps_per_epoch=steps_per_epoch)
@@ -163,6 +178,11 @@ def build_training(
     except ValueError as err:
         raise RecipeError(f"optim: {err}") from None
     return method, optimizers, schedules
+
+
+def _from_recipe_params(name: str) -> set[str]:
+    cls = registry.method_class(name)
+    return set(inspect.signature(cls.from_recipe).parameters) if hasattr(cls, "from_recipe") else set()
 
 
 def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> torch.optim.Optimizer:
@@ -214,7 +234,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     return set() if a == b else {prefix.rstrip(".")}
 
 
-def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
+def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = ()) -> dict[str, Any]:
     """Train (or continue) the prepared run, write ``results.json``, and return its one result object."""
     recipe = prep.recipe
     prep.run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +245,8 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
               run_dir=prep.run_dir, selection=recipe["selection"], select_after=recipe["select_from_epoch"],
-              snapshot_every=recipe["snapshot_every"], resume=prep.resume, progress=progress)
+              snapshot_every=recipe["snapshot_every"], resume=prep.resume, progress=progress,
+              callbacks=callbacks)
     arch = prep.method.architecture()
     flops = live_flops(prep.method, prep.model, prep.input_shape)
     result = {
@@ -250,21 +271,40 @@ def execute(prep: Prepared, *, progress: bool = True) -> dict[str, Any]:
         "session_seconds": time.perf_counter() - t0,
         "device": str(next(prep.model.parameters()).device),
     }
+    result.update(_save_compact(prep))
     _write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
     return result
+
+
+def _save_compact(prep: Prepared) -> dict[str, Any]:
+    """Gated methods: write the compacted plain model (``compact.pt``, loadable with ``weights_only``).
+
+    A model the structure tracer cannot compact does not cost the run: the reason is recorded instead.
+    """
+    compact = getattr(prep.method, "compact", None)
+    if compact is None:
+        return {}
+    from neuroplastic.structure import save_compact
+
+    x = next(iter(prep.loaders["val"]))[0][:8]
+    try:
+        small = compact(x)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        log.warning("could not compact the model: %s", exc)
+        return {"compact_error": str(exc)}
+    save_compact(small, prep.run_dir / "compact.pt")
+    return {"compact_file": "compact.pt", "compact_weights": count_weights(small),
+            "compact_flops": count_flops(small, prep.input_shape)}
 
 
 def live_flops(method: CapacityMethod, model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Forward FLOPs per example of the live network: closed units and masked weights cost nothing.
 
-    Gated methods: the dense FLOPs of ``method.compact()`` when it exists, else every layer's dense
-    FLOPs times its open fraction of outputs times its open fraction of inputs (``layer_open_masks``,
-    exact for Linear and ungrouped Conv layers); mask methods: their ``flops_sparse_inference``
-    metric; any other method: the model's dense FLOPs.
+    Gated methods: every layer's dense FLOPs times its open fraction of outputs times its open fraction
+    of inputs (``layer_open_masks``, exact for Linear and ungrouped Conv layers, per input feature: finer
+    than the compacted model, which keeps features it cannot remove, e.g. the network's inputs);
+    mask methods: their ``flops_sparse_inference`` metric; any other method: the model's dense FLOPs.
     """
-    compact = getattr(method, "compact", None)
-    if compact is not None:
-        return count_flops(compact(), input_shape)
     open_masks = getattr(method, "layer_open_masks", None)
     if open_masks is not None:
         masks = open_masks()

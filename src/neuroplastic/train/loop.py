@@ -92,6 +92,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     tensorboard: bool = True,
+    callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (),
 ) -> FitResult:
     """Train ``model`` under ``method`` for ``epochs`` epochs and test the selected model once.
 
@@ -112,6 +113,9 @@ def fit(
         0 disables snapshots.
     resume
         Continue from ``run_dir/checkpoint.pt`` (a fresh start when there is none yet).
+    callbacks
+        Functions ``f(epoch, record)`` called after each epoch's history record is written (e.g. to draw
+        pictures or drive a progress display); they must not change the model.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -165,6 +169,8 @@ def fit(
                 events.append(event)
                 events_log.append(event)
             writer.add({k: v for k, v in record.items() if k != "epoch"}, epoch)
+            for callback in callbacks:
+                callback(epoch, record)
             if snapshot_every and ((epoch + 1) % snapshot_every == 0 or epoch == epochs - 1):
                 snapshot = getattr(method, "snapshot", None)
                 write_snapshot(run_dir / "snapshots", epoch, snapshot() if snapshot else {})

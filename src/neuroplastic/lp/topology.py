@@ -1,0 +1,113 @@
+"""The LpSS-specific parts of a topology update: the row-wise threshold drop, the growth score and the
+proportional controller on the grow fraction. Everything else (masks, exact-count growth, schedules) is
+the mask engine's (:mod:`neuroplastic.masks`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+GROW_SCORES = ("abs", "signed_reference")
+
+
+def threshold_drop(weight: torch.Tensor, mask: torch.Tensor, h: float) -> torch.Tensor:
+    """The mask kept after dropping every active entry with ``|w| < h * mean(|w| of the row's active entries)``.
+
+    Rows are units (dim 0). A row without active entries stays without (the reference's ``>=`` against
+    a zero threshold would revive the whole row; here nothing inactive is ever kept). Returns a new
+    bool tensor; the inputs are not modified.
+    """
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != weight.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
+    if not 0.0 <= h <= 1.0:
+        raise ValueError(f"drop fraction h must be in [0, 1], got {h}")
+    absw = weight.detach().abs().reshape(weight.shape[0], -1)
+    active = mask.reshape(weight.shape[0], -1)
+    count = active.sum(dim=1, keepdim=True)
+    mean = (absw * active).sum(dim=1, keepdim=True) / count.clamp_min(1)
+    return (active & (absw >= h * mean)).reshape(mask.shape)
+
+
+def growth_score(grad: torch.Tensor, grow_score: str = "abs") -> torch.Tensor:
+    """Score of each entry for regrowth: the gradient with every unit L2-normalised, ``|.|`` by default.
+
+    ``grow_score="signed_reference"`` keeps the sign, as the reference code does, so only entries with
+    a large *positive* gradient are regrown.
+    """
+    if grow_score not in GROW_SCORES:
+        raise ValueError(f"grow_score must be one of {GROW_SCORES}, got {grow_score!r}")
+    rows = grad.detach().reshape(grad.shape[0], -1)
+    norm = torch.linalg.vector_norm(rows, ord=2, dim=1, keepdim=True)
+    score = (rows / torch.where(norm > 0, norm, torch.ones_like(norm))).reshape(grad.shape)
+    return score.abs() if grow_score == "abs" else score
+
+
+CONTROLLERS = ("reference", "exact")
+
+
+class GrowController:
+    """Controller of the grow fraction (grown / dropped per update) that steers mask sparsity to a target.
+
+    ``mode="reference"`` is the reference's rule: after each update with mask sparsity ``s`` and drop
+    fraction ``h`` the grow fraction for the *next* update becomes::
+
+        s < target * (1 - h/2):  (1 - gain) * s / target     (grow less: sparsity rises)
+        otherwise:               (1 + gain) * s / target     (grow more: sparsity falls)
+
+    Near the target ``s / target ~ 1``, so this settles into a limit cycle of amplitude about
+    ``gain * dropped / masked weights`` around ``target * (1 - h/2)``.
+
+    ``mode="exact"`` computes the grow fraction of the *current* update from its drops: grow
+    ``dropped - (target - s) * total`` entries (at least 0), which lands the mask on the target whenever
+    enough entries were dropped (up to per-layer rounding), and otherwise moves towards it.
+    """
+
+    def __init__(
+        self, target_sparsity: float, initial: float = 0.95, gain: float = 0.1, mode: str = "reference"
+    ) -> None:
+        if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, int | float):
+            raise TypeError(f"target_sparsity must be a number in (0, 1), got {target_sparsity!r}")
+        if not 0.0 < target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}")
+        if not initial >= 0.0:
+            raise ValueError(f"grow_fraction must be >= 0, got {initial}")
+        if not 0.0 <= gain < 1.0:
+            raise ValueError(f"grow_fraction_d must be in [0, 1), got {gain}")
+        if mode not in CONTROLLERS:
+            raise ValueError(f"controller must be one of {CONTROLLERS}, got {mode!r}")
+        self.target = float(target_sparsity)
+        self.gain = float(gain)
+        self.mode = mode
+        self.grow_fraction = float(initial)
+
+    def fraction_for(self, dropped: int, sparsity: float, total: int) -> float:
+        """Grow fraction to use in an update that drops ``dropped`` of ``total`` entries at ``sparsity``."""
+        if self.mode == "exact":
+            if dropped == 0:
+                return self.grow_fraction
+            grow = dropped - (self.target - sparsity) * total
+            self.grow_fraction = max(0.0, grow / dropped)
+        return self.grow_fraction
+
+    def update(self, sparsity: float, drop_fraction: float) -> float:
+        """Grow fraction after an update that left the mask at ``sparsity`` (changes it in reference mode)."""
+        if self.mode == "exact":
+            return self.grow_fraction
+        ratio = sparsity / self.target
+        if sparsity < self.target * (1.0 - 0.5 * drop_fraction):
+            self.grow_fraction = (1.0 - self.gain) * ratio
+        else:
+            self.grow_fraction = (1.0 + self.gain) * ratio
+        return self.grow_fraction
+
+    def state_dict(self) -> dict[str, Any]:
+        """Target, gain, mode and the current grow fraction."""
+        return {"target": self.target, "gain": self.gain, "mode": self.mode, "grow_fraction": self.grow_fraction}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.__init__(state["target"], state["grow_fraction"], state["gain"], state["mode"])

@@ -1,0 +1,316 @@
+"""LpSS: sparse training with weights on the unit Lp sphere, plus threshold-drop / gradient-grow topology updates.
+
+Use it with an :class:`neuroplastic.lp.LpCGD` optimizer (which keeps the constrained units on the
+sphere and sparsifies them through the geometry) and one ``lpss.step()`` after every
+``optimizer.step()``::
+
+    opt = LpCGD.for_model(model, lr=1 / 256, unconstrained_lr=1.0, p_first=1.2, p_rest=1.07, n_first=4,
+                          momentum=0.9, nesterov=True)
+    lpss = LpSS(model, opt, target_sparsity=0.9, epochs=50, steps_per_epoch=len(loader))
+
+What one topology update does (every ``frequency`` steps from ``begin`` to ``end`` of training):
+
+1. drop, per masked layer, the active weights below ``h * mean|w|`` of their row's active weights
+   (``h``: the drop fraction, cosine-annealed from ``drop_fraction`` to 0 over the update window);
+2. regrow ``int(dropped * grow_fraction)`` inactive entries (just-dropped ones included) of largest
+   row-wise L2-normalised gradient (``|.|`` by default). The gradient is the dense one the training
+   loop's backward left in ``weight.grad`` (masked weights are exact zeros, so their gradient is
+   defined): no extra forward/backward pass, unlike the reference, which recomputes it on the same
+   batch after the optimizer step;
+3. update the grow fraction with :class:`~neuroplastic.lp.topology.GrowController` from the mask
+   sparsity, measured over the masked weights only (the reference divides by all parameters, BN and
+   biases included, which biases it low).
+
+Semi-pruning: a masked constrained weight keeps its dual value in the optimizer (zero gradient and
+momentum, decaying by ``1 - lr`` per step relative to its renormalised row), and a regrown one resumes
+from it at once. Masked entries still count in the row's Lp norm, so a masked row has ``||w_j||_p <= 1``.
+Masked unconstrained weights (stem, shortcuts, classifier) are plain zeros and regrow from zero.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from neuroplastic.lp.geometry import layer_hoyer, net_hoyer
+from neuroplastic.lp.lpcgd import LpCGD
+from neuroplastic.lp.topology import GROW_SCORES, GrowController, growth_score, threshold_drop
+from neuroplastic.masks import Constant, CosineDecay, MaskEngine, grow_by_score, random_masks, uniform
+from neuroplastic.masks.engine import unwrap
+from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.metrics import count_weights, layer_flops
+
+ANNEALS = ("cosine", "constant")
+
+
+def _fraction(value: Any, name: str, low_open: bool = False, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    bad_low = value <= 0 if low_open else value < 0
+    bad_high = value >= 1 if high_open else value > 1
+    if bad_low or bad_high:
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return float(value)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class LpSS(CapacityMethod):
+    """Lp-spherical sparse training (see the module docstring).
+
+    Parameters
+    ----------
+    model, optimizer:
+        The model and its :class:`LpCGD` optimizer (built before this object).
+    target_sparsity:
+        Mask sparsity the controller steers to, in (0, 1).
+    epochs, steps_per_epoch:
+        Length of training, to place the update window.
+    begin, end:
+        The update window as fractions of training (reference: 0.2 and 0.8).
+    frequency:
+        Optimizer steps between topology updates (the first one is at ``begin``).
+    drop_fraction, drop_fraction_anneal:
+        ``h`` at ``begin``, annealed to 0 at ``end`` by ``"cosine"`` (reference) or kept ``"constant"``.
+    grow_fraction, grow_fraction_d:
+        Initial grow fraction (reference 0.95) and the controller's gain (reference 0.1).
+    grow_score:
+        ``"abs"`` (default) or ``"signed_reference"`` (the reference's signed gradient score).
+    controller:
+        ``"reference"`` (the reference's rule, default) or ``"exact"``; see
+        :class:`~neuroplastic.lp.topology.GrowController`.
+    initial_sparsity:
+        Sparsity of the random initial mask of every masked layer (reference 0.2).
+    include, exclude:
+        Passed to :class:`~neuroplastic.masks.MaskEngine`: which Linear/Conv layers get masks
+        (default all, as the reference: stem, shortcuts and classifier included).
+    seed:
+        Seed of the initial masks.
+    sample_size:
+        Number of ``|w|`` values per constrained layer in :meth:`snapshot`.
+    input_shape:
+        Input shape without the batch dimension (e.g. ``[1, 28, 28]``); with it, :meth:`metrics` reports
+        ``flops_sparse_inference`` (each layer's dense forward FLOPs times its mask density).
+    """
+
+    name = "lpss"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: LpCGD,
+        *,
+        target_sparsity: float,
+        epochs: int,
+        steps_per_epoch: int,
+        begin: float = 0.2,
+        end: float = 0.8,
+        frequency: int = 40,
+        drop_fraction: float = 0.2,
+        drop_fraction_anneal: str = "cosine",
+        grow_fraction: float = 0.95,
+        grow_fraction_d: float = 0.1,
+        grow_score: str = "abs",
+        controller: str = "reference",
+        initial_sparsity: float = 0.2,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        seed: int = 0,
+        sample_size: int = 4096,
+        input_shape: list[int] | tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(model)
+        if not isinstance(optimizer, LpCGD):
+            raise TypeError(f"optimizer must be a neuroplastic.lp.LpCGD, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.controller = GrowController(target_sparsity, grow_fraction, grow_fraction_d, controller)
+        self.target_sparsity = self.controller.target
+        begin, end = _fraction(begin, "begin"), _fraction(end, "end")
+        if begin >= end:
+            raise ValueError(f"begin ({begin}) must be < end ({end})")
+        self.total_steps = _positive_int(epochs, "epochs") * _positive_int(steps_per_epoch, "steps_per_epoch")
+        self.begin_step = round(begin * self.total_steps)
+        self.end_step = max(round(end * self.total_steps), self.begin_step + 1)
+        self.frequency = _positive_int(frequency, "frequency")
+        h0 = _fraction(drop_fraction, "drop_fraction")
+        if drop_fraction_anneal not in ANNEALS:
+            raise ValueError(f"drop_fraction_anneal must be one of {ANNEALS}, got {drop_fraction_anneal!r}")
+        window = self.end_step - self.begin_step
+        self.drop_schedule = CosineDecay(h0, 0.0, window) if drop_fraction_anneal == "cosine" else Constant(h0)
+        if grow_score not in GROW_SCORES:
+            raise ValueError(f"grow_score must be one of {GROW_SCORES}, got {grow_score!r}")
+        self.grow_score = grow_score
+        self.sample_size = _positive_int(sample_size, "sample_size")
+        initial_sparsity = _fraction(initial_sparsity, "initial_sparsity", high_open=True)
+        self.steps = 0
+        self.events: list[dict[str, Any]] = []
+
+        # the engine holds and applies the masks; it does not touch optimizer state, because LpCGD keeps
+        # a dual state of the weight's shape that must survive masking (semi-pruning) and masks its own
+        # momentum (see LpCGD.set_mask)
+        self.engine = MaskEngine(model, None, include=include, exclude=exclude)
+        names = {id(m.weight): n for n, m in unwrap(model).named_modules() if hasattr(m, "weight")}
+        self.layer_p: dict[str, float] = {}
+        for group in optimizer.param_groups:
+            if group["p"] is not None:
+                for param in group["params"]:
+                    if id(param) not in names:
+                        raise ValueError("optimizer holds a constrained parameter that is not a weight of model")
+                    self.layer_p[names[id(param)]] = group["p"]
+        if not self.layer_p:
+            raise ValueError("optimizer has no constrained (p > 1) parameter group; build it with LpCGD.for_model")
+        shapes = self.engine.shapes()
+        generator = torch.Generator().manual_seed(int(seed))
+        device = next(iter(self.engine.masks.values())).device
+        masks = random_masks(shapes, uniform(shapes, 1.0 - initial_sparsity), generator, device=device)
+        self.engine.set_masks(masks)
+        self._attach()
+        self._flops = layer_flops(unwrap(model), input_shape) if input_shape is not None else None
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        """Give the optimizer the engine's current masks and write the masked weights."""
+        with torch.no_grad():
+            for name, mask in self.engine.masks.items():
+                weight = self.engine.weight(name)
+                self.optimizer.set_mask(weight, mask)
+                if name in self.layer_p:  # a regrown constrained weight resumes from its latent value
+                    weight.copy_(self.optimizer.dense_weight(weight) * mask)
+
+    def is_update_step(self, step: int) -> bool:
+        """True at ``begin_step + j * frequency`` before ``end_step``."""
+        return self.begin_step <= step < self.end_step and (step - self.begin_step) % self.frequency == 0
+
+    # -- training-loop hooks -----------------------------------------------------------------------
+    def step(self) -> None:
+        """After ``optimizer.step()`` (before the next ``zero_grad``): topology update when due, masks applied."""
+        if self.is_update_step(self.steps):
+            self.update_topology()
+        self.engine.apply()
+        self.steps += 1
+
+    @torch.no_grad()
+    def update_topology(self) -> dict[str, Any]:
+        """One drop/grow update of every masked layer (needs the gradients of the last backward)."""
+        h = self.drop_schedule(self.steps - self.begin_step)
+        sparsity_before = 1.0 - self.engine.density()
+        keeps = {}
+        for name, mask in self.engine.masks.items():
+            if self.engine.weight(name).grad is None:
+                raise RuntimeError(
+                    f"LpSS needs the gradient of {name!r} at a topology update: call lpss.step() after "
+                    "optimizer.step() and before the next zero_grad()"
+                )
+            keeps[name] = threshold_drop(self.engine.weight(name), mask, h)
+        n_drops = {name: int((mask & ~keeps[name]).sum()) for name, mask in self.engine.masks.items()}
+        total = sum(self.engine.numel().values())
+        grow_fraction = self.controller.fraction_for(sum(n_drops.values()), sparsity_before, total)
+        grown = 0
+        for name, keep in keeps.items():
+            weight = self.engine.weight(name)
+            n_grow = min(int(n_drops[name] * grow_fraction), int((~keep).sum()))
+            self.engine.set_mask(name, grow_by_score(growth_score(weight.grad, self.grow_score), keep, n_grow))
+            grown += n_grow
+        dropped = sum(n_drops.values())
+        self._attach()
+        sparsity = 1.0 - self.engine.density()
+        event = {
+            "event": "lpss_update",
+            "step": self.steps,
+            "epoch": self.epoch,
+            "drop_fraction": h,
+            "grow_fraction": grow_fraction,
+            "dropped": dropped,
+            "grown": grown,
+            "mask_sparsity": sparsity,
+        }
+        self.controller.update(sparsity, h)
+        self.events.append(event)
+        return event
+
+    def end_epoch(self, val_loss: float | None = None) -> list[dict[str, Any]]:
+        """The topology updates of the epoch (one event each)."""
+        events, self.events = self.events, []
+        return events
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def _constrained_weights(self) -> dict[str, torch.Tensor]:
+        modules = dict(unwrap(self.model).named_modules())
+        return {name: modules[name].weight.detach() for name in self.layer_p}
+
+    def architecture(self) -> dict[str, Any]:
+        """Live weights (active mask entries plus unmasked Linear/Conv weights) and the dense count."""
+        dense = count_weights(self.model)
+        masked_off = sum(self.engine.numel().values()) - sum(self.engine.nnz().values())
+        return {"params": dense - masked_off, "params_dense": dense, "constrained": dict(self.layer_p)}
+
+    def metrics(self) -> dict[str, Any]:
+        """Mask sparsity, Hoyer sparsity per constrained layer and for them together, live params."""
+        weights = self._constrained_weights()
+        nonzero = sum(int(torch.count_nonzero(self.engine.weight(n))) for n in self.engine.masks)
+        return {
+            "mask_sparsity": 1.0 - self.engine.density(),
+            "layer_density": self.engine.layer_density(),
+            "hoyer": {name: layer_hoyer(w) for name, w in weights.items()},
+            "hoyer_net": net_hoyer(weights),
+            "params": self.architecture()["params"],
+            "nonzero_masked_weights": nonzero,
+            "grow_fraction": self.controller.grow_fraction,
+            "drop_fraction": self.drop_schedule(max(self.steps - self.begin_step, 0)),
+            "flops_sparse_inference": self._sparse_flops(),
+        }
+
+    def _sparse_flops(self) -> float | None:
+        if self._flops is None:
+            return None
+        density = self.engine.layer_density()
+        return float(sum(f * density.get(name, 1.0) for name, f in self._flops.items()))
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """``absw/<layer>``: ``sample_size`` evenly spaced entries of ``|w|``; ``p/<layer>``: the exponent."""
+        out: dict[str, np.ndarray] = {}
+        for name, w in self._constrained_weights().items():
+            flat = w.abs().flatten()
+            idx = torch.linspace(0, flat.numel() - 1, min(self.sample_size, flat.numel()), device=flat.device)
+            out[f"absw/{name}"] = flat[idx.round().long()].cpu().numpy().astype(np.float16)
+            out[f"p/{name}"] = np.array([self.layer_p[name]], dtype=np.float16)
+        return out
+
+    # -- persistence -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, step counter, controller, masks (the optimizer holds the dual state)."""
+        return {
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "controller": self.controller.state_dict(),
+            "engine": self.engine.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (after the optimizer's own ``load_state_dict``)."""
+        super().load_state_dict(state)
+        self.steps = int(state["steps"])
+        self.controller.load_state_dict(state["controller"])
+        self.engine.load_state_dict(state["engine"])
+        self._attach()
+
+    @classmethod
+    def from_recipe(
+        cls, model: nn.Module, optimizer: LpCGD, *, epochs: int, steps_per_epoch: int, **options: Any
+    ) -> LpSS:
+        """Build from a recipe's ``method`` options (the keywords of :class:`LpSS`); unknown keys are errors."""
+        fixed = {"self", "model", "optimizer", "epochs", "steps_per_epoch"}
+        allowed = set(inspect.signature(cls.__init__).parameters) - fixed
+        unknown = set(options) - allowed
+        if unknown:
+            raise ValueError(f"unknown LpSS options {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return cls(model, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch, **options)

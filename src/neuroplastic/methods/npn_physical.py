@@ -1,0 +1,308 @@
+"""Physically-sized NPN expansion: the network holds only its allocated units plus a small reserve.
+
+:class:`NPN` in ``mode="expand"`` simulates growth inside a full-size network: hibernating units are
+multiplied by a closed gate but still cost compute and memory. :class:`PhysicalNPN` removes them for
+real (:func:`~neuroplastic.structure.select_units`) and adds ``reserve`` units
+(:func:`~neuroplastic.structure.grow`) whenever expansion uses the reserve up, so the cost of a training
+step follows the live width. The optimizers follow every change (their parameters are swapped, Adam
+moments and momentum keep their old slots and start at zero in the new ones)::
+
+    npn = PhysicalNPN(model, mode="expand", k=1, lam=..., init_active=[3, 3, 3], stages=(100, 350),
+                      reserve=2, example_input=x[:2])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    npn.bind_optimizers([optimizer])     # before the first end_epoch that may grow the model
+
+A physically-sized group is a traced unit group (:mod:`neuroplastic.structure`) with a single
+conv/Linear producer whose units are the units of one or more gate sites: the producer's out-gate
+(``repeat`` 1), or a consumer's in-gate reading the group (``repeat`` 1, or ``H*W`` after a flatten:
+LeNet5's fc1 in-gate reads conv2's channels as 16 features each). Sites that do not map onto such a
+group (the network's input features, a residual stream) keep their full width and are simulated, as
+in :class:`NPN`; ``physical_sites`` says which is which and why.
+
+New units start as hibernating units of the simulated model would: gate logit ``-40/k``, incoming
+weights and biases and outgoing weights drawn as the *full-size* layers' default ``reset_parameters``
+draws them (uniform in ``+-1/sqrt(full fan-in)``), BatchNorm at its defaults. Their gates are closed,
+so the model's function is unchanged by a growth.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuroplastic.gates.sites import weighted_layers
+from neuroplastic.gates.stages import K_FROZEN
+from neuroplastic.methods.npn import HIBERNATING_LOGIT, NPN, OPEN_LOGIT
+from neuroplastic.metrics import count_weights
+from neuroplastic.structure import grow, select_units, trace_unit_groups
+from neuroplastic.structure.grow import insertion_src
+from neuroplastic.structure.optim_surgery import Optimizers, _as_list
+from neuroplastic.structure.surgery import resize_tensor, unit_positions
+from neuroplastic.structure.trace import UnitGroup
+
+
+@dataclass
+class PhysicalGroup:
+    """A traced unit group sized to its gate sites' allocation.
+
+    ``sites`` holds ``(site index, repeat)``: site unit ``u`` is group unit ``u // repeat``.
+    """
+
+    name: str
+    full: int
+    size: int
+    sites: list[tuple[int, int]] = field(default_factory=list)
+
+
+class PhysicalNPN(NPN):
+    """:class:`NPN` expansion on a network that holds only its allocated units plus a reserve.
+
+    Parameters (beyond :class:`NPN`'s; ``mode`` must be ``"expand"``)
+    ----------
+    reserve : hibernating units kept per physically-sized group beyond the allocated ones (>= 1); when
+        expansion uses them up the group grows by ``reserve`` units (never beyond its full width).
+    example_input : one batch of model input (any values; two examples are enough), to trace the groups.
+    optimizers : the optimizer(s) holding the model's parameters, if they exist already; else call
+        :meth:`bind_optimizers` once they do (a growth without bound optimizers raises).
+    """
+
+    name = "npn"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str = "expand",
+        k: float = 1.0,
+        lam: float | Sequence[float] | dict[str, float] = 0.0,
+        *,
+        reserve: int = 2,
+        example_input: torch.Tensor | None = None,
+        optimizers: Optimizers = None,
+        gates: Sequence[str] | dict[str, str] | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        init_active: int | Sequence[int] | dict[str, int] | None = None,
+        stages: Sequence[int] | None = None,
+        k_frozen: float = K_FROZEN,
+        gate: str = "sigmoid",
+        estimator: str = "arm",
+        sampling: str = "batch",
+        test_gate: str = "binary",
+        fill: float = OPEN_LOGIT,
+        expand_step: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if mode != "expand":
+            raise ValueError(f"PhysicalNPN needs mode='expand' (sparse mode starts full size), got {mode!r}")
+        if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 1:
+            raise ValueError(f"reserve must be an int >= 1, got {reserve!r}")
+        if not isinstance(example_input, torch.Tensor):
+            raise TypeError(f"example_input must be a tensor (one batch of model input), got {type(example_input)}")
+        self.reserve = reserve
+        # None: not bound yet (a growth raises); [] after bind_optimizers([]): the model has none
+        self.optimizers: list[torch.optim.Optimizer] | None = None if optimizers is None else _as_list(optimizers)
+        full_layers = weighted_layers(model)
+        # the full-size fan-ins: new units are drawn as the full-size layers would draw them
+        self._full_fan_in = {name: m.weight[0].numel() for name, m in full_layers.items()}
+        self._params_full = count_weights(model)
+        super().__init__(model, mode, k, lam, gates=gates, include=include, exclude=exclude,
+                         init_active=init_active, stages=stages, k_frozen=k_frozen, gate=gate,
+                         estimator=estimator, sampling=sampling, test_gate=test_gate, fill=fill,
+                         expand_step=expand_step, seed=seed)
+        self._example = example_input[:2].detach()
+        self._groups = self._trace()
+        self.groups, self.physical_sites = self._plan()
+        self._resize_to({g.name: min(g.full, max(self._needed(g) + reserve, self._needed(g, self.expand_step)))
+                         for g in self.groups})
+        self._load_hook = model.register_load_state_dict_pre_hook(self._before_model_load)
+
+    @classmethod
+    def from_recipe(cls, model: nn.Module, *, epochs: int, steps_per_epoch: int,
+                    example_input: torch.Tensor | None = None, **options: Any) -> PhysicalNPN:
+        """Build from a recipe's ``method`` section; the runner passes ``example_input`` (a batch of
+        zeros of the data's input shape) and binds the optimizers once it has built them."""
+        return super().from_recipe(model, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                   example_input=example_input, **options)
+
+    def bind_optimizers(self, optimizers: Optimizers) -> None:
+        """The optimizer(s) whose parameters and state follow every resize of the model (``[]`` when
+        the model is not being trained, e.g. to load a checkpoint for evaluation)."""
+        self.optimizers = _as_list(optimizers)
+
+    # -- which sites are physically sized -------------------------------------------------------
+    def _trace(self) -> list[UnitGroup]:
+        was_training = self.model.training
+        try:
+            return trace_unit_groups(self.model, self._example)
+        finally:
+            self.model.train(was_training)
+
+    def _plan(self) -> tuple[list[PhysicalGroup], dict[str, str]]:
+        """Map every gate site to a resizable group, or record why it stays full width (simulated)."""
+        groups: dict[str, PhysicalGroup] = {}
+        status: dict[str, str] = {}
+        for i, site in enumerate(self.sites):
+            found = self._site_group(site)
+            if isinstance(found, str):
+                status[site.name] = f"simulated: {found}"
+                if "network input" not in found:
+                    warnings.warn(f"PhysicalNPN: gate site {site.name} keeps its full width ({found})",
+                                  stacklevel=3)
+                continue
+            group, repeat = found
+            pg = groups.setdefault(group.name, PhysicalGroup(group.name, group.size, group.size))
+            pg.sites.append((i, repeat))
+            status[site.name] = f"physical: group {group.name!r}"
+        for pg in groups.values():  # new units must be closed for every reader of the group
+            group = self._group(pg.name)
+            gated_in = {self.sites[i].layer for i, _ in pg.sites if self.sites[i].side == "in"}
+            has_out = any(self.sites[i].side == "out" for i, _ in pg.sites)
+            if not has_out and not {r.module for r in group.consumers} <= gated_in:
+                for i, _ in pg.sites:
+                    status[self.sites[i].name] = f"simulated: group {pg.name!r} has ungated readers"
+                pg.sites = []
+        return [g for g in groups.values() if g.sites], status
+
+    def _site_group(self, site) -> tuple[UnitGroup, int] | str:
+        """The group holding ``site``'s units and the site units per group unit, or why there is none."""
+        if site.side == "out":
+            candidates = [g for g in self._groups if any(r.module == site.layer for r in g.producers)]
+            repeat = 1
+        else:
+            reads = [(g, r) for g in self._groups for r in g.consumers if r.module == site.layer]
+            if len(reads) != 1 or reads[0][1].offset != 0:
+                return f"{site.layer} reads {len(reads)} groups (or at an offset)"
+            candidates, repeat = [reads[0][0]], reads[0][1].repeat
+        if len(candidates) != 1:
+            return f"{site.layer}'s units belong to {len(candidates)} groups"
+        group = candidates[0]
+        if not group.prunable:
+            kind = "the network input" if not group.producers else "not resizable"
+            return f"group {group.name!r} is {kind} ({group.reason})"
+        writers = [r for r in group.producers if r.kind in ("conv", "linear")]
+        if len(writers) != 1:
+            return f"group {group.name!r} has {len(writers)} writing layers (a residual stream)"
+        norms = [r.module for r in group.producers if r.kind == "norm"]
+        if site.side == "out" and norms and site.hook_module not in norms:
+            return f"the gate of {site.layer} sits before BatchNorm {norms[0]!r}"
+        if group.size * repeat != site.n:
+            return f"group {group.name!r} has {group.size}x{repeat} units, the site {site.n}"
+        return group, repeat
+
+    def _group(self, name: str) -> UnitGroup:
+        return next(g for g in self._groups if g.name == name)
+
+    # -- sizes ----------------------------------------------------------------------------------
+    def _needed(self, pg: PhysicalGroup, ahead: int = 0) -> int:
+        """Group units holding the allocated site units (plus ``ahead`` more per site), capped."""
+        return min(pg.full, max(math.ceil(min(self.sites[i].n, self.allocated[i] + ahead) / r)
+                                for i, r in pg.sites))
+
+    def _refill(self) -> list[dict[str, Any]]:
+        """Grow every group that could not take the next expansion step; returns the grow events."""
+        events = []
+        for pg in self.groups:
+            deficit = self._needed(pg, ahead=self.expand_step) - pg.size
+            if deficit > 0:
+                new = min(pg.full, pg.size + max(self.reserve, deficit))
+                events.append({"epoch": self.epoch, "event": "grow", "group": pg.name,
+                               "units": list(range(pg.size, new)), "width": new})
+                self._resize_to({pg.name: new})
+        return events
+
+    def _resize_to(self, sizes: dict[str, int]) -> None:
+        """Shrink (keep the first units) or grow each named group to its new size, gates included."""
+        shrink = {n: range(s) for n, s in sizes.items() if s < self._by_name(n).size}
+        if shrink:
+            select_units(self.model, shrink, groups=self._groups, optimizer=self.optimizers)
+            for name, s in shrink.items():
+                self._resize_gates(self._by_name(name), torch.arange(len(s)))
+            self._groups = self._trace()
+        for name, size in sizes.items():
+            pg = self._by_name(name)
+            if size > pg.size:
+                if self.optimizers is None:
+                    raise RuntimeError("PhysicalNPN must know the optimizers to grow the model: pass "
+                                       "optimizers=... or call bind_optimizers(...) after creating them")
+                n, old = size - pg.size, pg.size
+                grow(self.model, self._group(name), n, optimizer=self.optimizers)
+                self._resize_gates(pg, insertion_src(old, [(old, n)]))
+                self._groups = self._trace()
+                self._init_new_units(self._group(name), old, size)
+
+    def _by_name(self, name: str) -> PhysicalGroup:
+        return next(g for g in self.groups if g.name == name)
+
+    def _resize_gates(self, pg: PhysicalGroup, src: torch.Tensor) -> None:
+        """Resize every site's gate logits to the group's new units (new ones hibernating)."""
+        for i, r in pg.sites:
+            site_src = (src[:, None] * r + torch.arange(r)).flatten()
+            site_src[site_src < 0] = -1
+            resize_tensor(self.sites[i].gates, "phi", site_src, optimizer=self.optimizers,
+                          fill=HIBERNATING_LOGIT / self.schedule.k)
+        pg.size = len(src)
+
+    @torch.no_grad()
+    def _init_new_units(self, group: UnitGroup, start: int, stop: int) -> None:
+        """Draw units ``start..stop`` as the full-size layers' ``reset_parameters`` would have."""
+        modules = dict(self.model.named_modules())
+        units = torch.arange(start, stop)
+        for ref in group.members:
+            if ref.kind not in ("conv", "linear"):
+                continue  # BatchNorms: grow set their defaults already
+            module = modules[ref.module]
+            bound = 1.0 / math.sqrt(self._full_fan_in[ref.module])
+            where = unit_positions(ref, units).to(module.weight.device)
+            weight = module.weight.index_select(ref.dim, where)
+            module.weight.index_copy_(ref.dim, where, weight.uniform_(-bound, bound))
+            if ref.dim == 0 and module.bias is not None:
+                module.bias.index_copy_(0, where, module.bias[where].uniform_(-bound, bound))
+
+    # -- expansion ------------------------------------------------------------------------------
+    def end_epoch(self, val_loss: float | None = None) -> list[dict[str, Any]]:
+        """:meth:`NPN.end_epoch`, then grow every group whose reserve the expansion used up."""
+        events = super().end_epoch(val_loss)
+        if events:
+            grown = self._refill()
+            self.events.extend(grown)
+            events = events + grown
+        return events
+
+    # -- reporting and persistence --------------------------------------------------------------
+    def physical_widths(self) -> list[int]:
+        """Units each gate site holds physically (its full width where it is simulated)."""
+        return [int(s.gates.phi.numel()) for s in self.sites]
+
+    def architecture(self) -> dict[str, Any]:
+        """:meth:`NPN.architecture` (``params_dense`` is the full-size network's) plus the physical
+        widths per site (``physical_arch``) and the weights the model holds now (``params_physical``)."""
+        arch = super().architecture()
+        arch["params_physical"] = arch["params_dense"]
+        arch["params_dense"] = self._params_full
+        arch["physical_arch"] = self.physical_widths()
+        return arch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "physical": {g.name: g.size for g in self.groups}}
+
+    def _before_model_load(self, module, state_dict, prefix, *args) -> None:
+        """Resize the physical model to the widths of a state dict about to be loaded into it (a
+        checkpoint to resume, or the best epoch's weights, saved when the model was smaller)."""
+        sizes = {}
+        for pg in self.groups:
+            i, r = pg.sites[0]
+            key = f"{prefix}{self.sites[i].layer}.npn_{self.sites[i].side}.phi"
+            if key in state_dict:
+                sizes[pg.name] = state_dict[key].shape[0] // r
+        if sizes:
+            self._resize_to(sizes)
+
+    def remove(self) -> None:
+        self._load_hook.remove()
+        super().remove()

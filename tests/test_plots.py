@@ -1,0 +1,282 @@
+"""Each picture renders from a tiny recorded run folder into an image of the expected size and frames."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from neuroplastic.plots import (
+    PlotDataError,
+    load_run,
+    plot_architecture,
+    plot_lp_hoyer,
+    plot_lp_weights,
+    plot_mask_density,
+    plot_neuron_map,
+    plot_run,
+)
+from neuroplastic.plots.cli import main
+
+EPOCHS = 10
+# named as NPN names its gate sites: "<layer>:<side>"
+NPN_GATES = {"conv1:out": 6, "conv2:out": 10, "fc1:in": 30}
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def _common(epoch: int) -> dict:
+    return {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "train_acc": 0.5 + epoch / 40,
+            "val_loss": 1.1 / (epoch + 1), "val_acc": 0.5 + epoch / 50, "lr": [1e-3], "seconds": 0.1}
+
+
+def _snapshot(run: Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
+    folder = run / "snapshots"
+    folder.mkdir(exist_ok=True)
+    np.savez(folder / f"epoch_{epoch:05d}.npz", **{k: v.astype(np.float16) for k, v in arrays.items()})
+
+
+def make_npn_run(root: Path, *, checkpoint: bool = True) -> Path:
+    """A conv NPN run: 3 stages, units closing in conv2/fc1, one expansion of fc1, a snapshot each epoch."""
+    run = root / "npn"
+    run.mkdir()
+    recipe = {"name": "npn-tiny", "method": {"name": "npn", "stages": [3, 8]}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    gen = np.random.default_rng(0)
+    history = []
+    for epoch in range(EPOCHS):
+        stage = 1 if epoch < 3 else (2 if epoch < 8 else 3)
+        arch = [6, 10 - max(0, epoch - 3), 30 - 2 * max(0, epoch - 3) + (epoch >= 4)]
+        params = 25 * arch[0] + 25 * arch[0] * arch[1] + arch[2] * 10
+        history.append({**_common(epoch), "k": 5000.0 if stage != 2 else 7.0, "stage": stage, "arch": arch,
+                         "layers": list(NPN_GATES), "params": params, "expected_l0": float(sum(arch))})
+        pis = {}
+        for (name, size), n_open in zip(NPN_GATES.items(), arch, strict=True):
+            pi = np.zeros(size)
+            pi[:n_open] = gen.uniform(0.55, 1.0, n_open)
+            pis[f"pi/{name}"] = pi
+        _snapshot(run, epoch, pis)
+    _write_jsonl(run / "history.jsonl", history)
+    _write_jsonl(run / "events.jsonl", [{"epoch": 4, "step": 40, "event": "expand", "layer": "fc1", "units": [24]}])
+    if checkpoint:
+        state = {"conv1.weight": torch.randn(6, 1, 5, 5), "conv1.bias": torch.zeros(6),
+                 "conv2.weight": torch.randn(10, 6, 5, 5), "fc1.weight": torch.randn(30, 40)}
+        torch.save({"model": state, "epoch": EPOCHS - 1}, run / "checkpoint.pt")
+    return run
+
+
+def make_mask_run(root: Path) -> Path:
+    """A RigL-like run: three layers with fixed densities and a growing exploration rate."""
+    run = root / "mask"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": "rigl-tiny", "method": {"name": "rigl"}}))
+    history = [{**_common(e), "density": 0.1, "layer_density": {"fc1": 0.05, "fc2": 0.2, "fc3": 0.8},
+                "exploration_rate": 0.1 + 0.02 * e} for e in range(EPOCHS)]
+    _write_jsonl(run / "history.jsonl", history)
+    for epoch in range(0, EPOCHS, 3):
+        _snapshot(run, epoch, {"density/fc1": np.full(4, 0.05)})
+    return run
+
+
+def make_lpss_run(root: Path) -> Path:
+    """An LpSS run: p shrinking from 2 to 1, weight magnitudes concentrating near zero."""
+    run = root / "lpss"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": "lpss-tiny", "method": {"name": "lpss"}}))
+    gen = np.random.default_rng(1)
+    history = []
+    for epoch in range(EPOCHS):
+        p = 2.0 - epoch / (EPOCHS - 1)
+        hoyer = {"fc1": 0.2 + 0.06 * epoch, "fc2": 0.1 + 0.05 * epoch}
+        history.append({**_common(epoch), "mask_sparsity": 0.05 * epoch, "hoyer": hoyer,
+                        "hoyer_net": 0.15 + 0.055 * epoch})
+        arrays = {}
+        for layer in hoyer:
+            arrays[f"absw/{layer}"] = np.abs(gen.standard_normal(500)) ** (1 + 2 * (2 - p))
+            arrays[f"p/{layer}"] = np.array([p])
+        _snapshot(run, epoch, arrays)
+    _write_jsonl(run / "history.jsonl", history)
+    return run
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        # a non-empty picture: far more than one colour
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 20
+        return image.size
+
+
+def test_architecture_png_has_requested_size(tmp_path):
+    run = load_run(make_npn_run(tmp_path))
+    out = plot_architecture(run, tmp_path / "a.png", width_px=900, height_px=600)
+    assert _png_size(out) == (900, 600)
+
+
+def test_architecture_of_a_run_with_params_only(tmp_path):
+    run = make_mask_run(tmp_path)
+    _write_jsonl(run / "history.jsonl", [{**_common(e), "params": 1000 - 50 * e} for e in range(EPOCHS)])
+    assert _png_size(plot_architecture(load_run(run), tmp_path / "a.png")) == (960, 620)
+
+
+def test_neuron_map_gif_has_one_frame_per_snapshot(tmp_path):
+    run = load_run(make_npn_run(tmp_path))
+    out = plot_neuron_map(run, tmp_path / "n.gif")
+    with Image.open(out) as gif:
+        assert gif.format == "GIF"
+        # 3 gated layers in one row, 800 px wide: height = 266.7 * 0.92 + 70 + 80 = 395.3 -> 396 (even)
+        assert gif.size == (800, 396)
+        assert gif.n_frames == EPOCHS
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    # 3 frames per second (GIF stores centiseconds: 330 ms), the last frame held for about 2 s
+    assert durations[:-1] == [330] * (EPOCHS - 1) and durations[-1] >= 1900
+    assert out.stat().st_size < 3 * 2**20
+
+
+def test_neuron_map_subsamples_frames(tmp_path):
+    run = load_run(make_npn_run(tmp_path))
+    out = plot_neuron_map(run, tmp_path / "n.gif", max_frames=4, width_px=600)
+    with Image.open(out) as gif:
+        assert gif.n_frames == 4
+        assert gif.size[0] == 600
+
+
+def test_neuron_map_without_checkpoint_warns_and_still_renders(tmp_path):
+    run = load_run(make_npn_run(tmp_path, checkpoint=False))
+    with pytest.warns(RuntimeWarning, match="checkpoint.pt"):
+        out = plot_neuron_map(run, tmp_path / "n.gif", max_frames=2)
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2
+
+
+def test_neuron_map_can_ignore_the_checkpoint_without_a_warning(tmp_path):
+    run = load_run(make_npn_run(tmp_path, checkpoint=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_neuron_map(run, tmp_path / "n.gif", max_frames=2, use_checkpoint=False)
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    run = make_npn_run(tmp_path)
+    (run / "checkpoint.pt").write_bytes(b"cut short")
+    with pytest.raises(PlotDataError, match=r"'neurons' plot cannot read .*checkpoint.pt"):
+        plot_neuron_map(load_run(run), tmp_path / "n.gif")
+
+
+def test_neuron_map_needs_pi_snapshots(tmp_path):
+    with pytest.raises(PlotDataError, match=r"'neurons' plot needs .*pi/"):
+        plot_neuron_map(load_run(make_mask_run(tmp_path)), tmp_path / "n.gif")
+
+
+def test_neuron_map_without_snapshots_folder_names_it(tmp_path):
+    run = make_npn_run(tmp_path)
+    for path in (run / "snapshots").iterdir():
+        path.unlink()
+    (run / "snapshots").rmdir()
+    with pytest.raises(PlotDataError, match=r"'neurons' plot needs .*snapshots"):
+        plot_neuron_map(load_run(run), tmp_path / "n.gif")
+
+
+def test_mask_density_png(tmp_path):
+    assert _png_size(plot_mask_density(load_run(make_mask_run(tmp_path)), tmp_path / "m.png")) == (960, 620)
+
+
+def test_mask_density_needs_a_density_field(tmp_path):
+    with pytest.raises(PlotDataError, match=r"'masks' plot needs .*'layer_density'.*history.jsonl"):
+        plot_mask_density(load_run(make_npn_run(tmp_path)), tmp_path / "m.png")
+
+
+def test_lp_pictures(tmp_path):
+    run = load_run(make_lpss_run(tmp_path))
+    # two layers -> one row of two panels, 250 px each plus 90 px of title
+    assert _png_size(plot_lp_weights(run, tmp_path / "w.png")) == (960, 340)
+    assert _png_size(plot_lp_hoyer(run, tmp_path / "h.png")) == (960, 560)
+
+
+def test_lp_hoyer_needs_hoyer(tmp_path):
+    with pytest.raises(PlotDataError, match=r"'lp' plot needs any of 'hoyer', 'hoyer_net'"):
+        plot_lp_hoyer(load_run(make_mask_run(tmp_path)), tmp_path / "h.png")
+
+
+@pytest.mark.parametrize(
+    ("maker", "files"),
+    [
+        (make_npn_run, {"architecture.png", "neuron_map.gif"}),
+        (make_mask_run, {"mask_density.png"}),
+        (make_lpss_run, {"lp_weights.png", "lp_hoyer.png"}),
+    ],
+)
+def test_plot_run_makes_what_the_run_recorded(tmp_path, maker, files):
+    run = maker(tmp_path)
+    written, errors = plot_run(run)
+    assert errors == []
+    assert {p.name for p in written} == files
+    assert all(p.parent == run / "plots" and p.stat().st_size > 0 for p in written)
+
+
+def test_cli_writes_to_out_and_prints_paths(tmp_path, capsys):
+    run = make_mask_run(tmp_path)
+    assert main([str(run), "--out", str(tmp_path / "pics"), "--what", "masks"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "pics" / "mask_density.png")
+
+
+def test_cli_reports_missing_data_and_still_draws_the_rest(tmp_path, capsys):
+    run = make_mask_run(tmp_path)
+    assert main([str(run), "--what", "masks,neurons"]) == 1
+    captured = capsys.readouterr()
+    assert "'neurons' plot needs" in captured.err
+    assert (run / "plots" / "mask_density.png").is_file()
+
+
+def test_cli_rejects_unknown_plot_names(tmp_path, capsys):
+    assert main([str(make_mask_run(tmp_path)), "--what", "arch,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_cli_missing_history_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 1
+    assert "history.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_cli_on_a_run_with_nothing_to_draw(tmp_path, capsys):
+    run = tmp_path / "dense"
+    run.mkdir()
+    _write_jsonl(run / "history.jsonl", [_common(0)])
+    assert main([str(run)]) == 1
+    assert "nothing to plot" in capsys.readouterr().err
+
+
+def test_plot_run_rejects_unknown_names(tmp_path):
+    with pytest.raises(ValueError, match="what must name plots among arch, neurons, masks, lp"):
+        plot_run(make_mask_run(tmp_path), what=["density"])
+
+
+def test_many_gated_layers_get_a_compact_grid(tmp_path):
+    run = tmp_path / "deep"
+    run.mkdir()
+    names = [f"block{i}.conv:out" for i in range(12)]
+    _write_jsonl(run / "history.jsonl", [{**_common(e), "stage": 2, "k": 7.0, "arch": [8 - e] * 12,
+                                          "layers": names, "params": 1000 - 100 * e} for e in range(3)])
+    for epoch in range(3):
+        _snapshot(run, epoch, {f"pi/{n}": np.linspace(0, 1, 8) for n in names})
+    loaded = load_run(run)
+    with pytest.warns(RuntimeWarning, match="checkpoint.pt"):
+        gif = plot_neuron_map(loaded, tmp_path / "n.gif")
+    with Image.open(gif) as image:
+        # 12 panels -> 4 columns x 3 rows of 200 px: 3 * 200 * 0.92 + 70 + 80 = 702
+        assert (image.size, image.n_frames) == ((800, 702), 3)
+    assert _png_size(plot_architecture(loaded, tmp_path / "a.png")) == (960, 620)
