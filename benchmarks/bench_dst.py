@@ -8,7 +8,8 @@ For each method (Static, SET, RigL, GMP, GraNet) on LeNet5-Caffe (MNIST-shaped i
 * ``update / dense``: median time of one topology update (``method.update`` at an update step: drop and
   grow for SET/RigL/GraNet, a global prune for GMP/GraNet) over the dense step time.
 
-Dense and method steps are interleaved round by round so that machine load affects them alike. Run::
+Dense and method steps are interleaved round by round (in a rotating order) so that machine load
+and cache effects affect them alike. Run::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_dst.py [--repeats 30] [--device cpu]
 """
@@ -89,9 +90,10 @@ def main() -> None:
     # GMP/GraNet prune from their initial masks each time (a prune to the current target is a no-op)
     saved = {n: runs[n][2].engine.state_dict() for n in ("gmp", "granet")}
     step_times: dict[str, list[float]] = {n: [] for n in names}
+    apply_times: list[float] = []
     update_times: dict[str, list[float]] = {n: [] for n in names if n not in ("dense", "static")}
-    for _ in range(args.repeats):
-        for n in names:
+    for r in range(args.repeats):
+        for n in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no method always runs first
             model, opt, method = runs[n]
             _sync(device)
             t0 = time.perf_counter()
@@ -100,9 +102,16 @@ def main() -> None:
             step_times[n].append(time.perf_counter() - t0)
             if n in update_times:
                 update_times[n].append(time_update(n, method, saved.get(n), device))
+            if n == "static":  # the per-step overhead on its own: masks applied to weights and momentum
+                _sync(device)
+                t0 = time.perf_counter()
+                method.engine.apply()
+                _sync(device)
+                apply_times.append(time.perf_counter() - t0)
     dense = statistics.median(step_times["dense"])
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, repeats {args.repeats}")
     print(f"dense step: {dense * 1e3:.2f} ms (median)")
+    print(f"MaskEngine.apply alone / dense step: {statistics.median(apply_times) / dense:.4f}")
     print(f"{'method':8s} {'step/dense':>11s} {'update/dense':>13s}")
     for n in names[1:]:
         ratio = statistics.median(step_times[n]) / dense

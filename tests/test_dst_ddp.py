@@ -21,6 +21,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         for method_name in METHODS:
             _run(rank, method_name, out_dir)
+        dist.barrier()  # both ranks done before either tears the group down
     finally:
         dist.barrier()  # no rank tears the group down while the other still talks to it
         dist.destroy_process_group()

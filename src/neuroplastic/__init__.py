@@ -7,6 +7,7 @@ dense one and grow it without changing what it computes. See README.md and docs/
 
 from neuroplastic.data import DatasetNotFoundError, DataSplits, TensorLoader, load_dataset
 from neuroplastic.lp import LpCGD
+from neuroplastic.masks import MaskEngine
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.methods.dst import GMP, SET, GraNet, RigL, Static
 from neuroplastic.methods.hard_concrete import HardConcrete
@@ -29,6 +30,7 @@ __all__ = [
     "IterativePruning",
     "LpCGD",
     "LpSS",
+    "MaskEngine",
     "RigL",
     "Static",
     "CapacityMethod",
