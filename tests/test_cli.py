@@ -54,6 +54,13 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch, argv, me
     assert not (tmp_path / "run").exists()
 
 
+def test_recipe_may_be_left_out_only_when_resuming(capsys, tmp_path):
+    code, _, err = _main(capsys, "run", "--out", str(tmp_path / "run"))
+    assert code == 2 and "RECIPE is required" in err
+    code, _, err = _main(capsys, "run", "--resume", "--out", str(tmp_path / "run"))
+    assert code == 2 and "recipe.yaml" in err  # no run there to resume
+
+
 def test_missing_or_unknown_data_set_exits_2(capsys, tmp_path):
     # the CIFAR-10 subset is never downloaded, so this fails at once, without the network
     code, _, err = _main(capsys, "run", "npn-cifar10-resnet56-sparse", "data.name=cifar10-subset",
