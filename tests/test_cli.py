@@ -38,6 +38,8 @@ def test_recipes_lists_every_shipped_recipe_with_its_description(capsys):
     (["run", "npn-mnist-lenet5-sparse", "data.batch_size=0"], "data.batch_size must be >= 1, got 0"),
     (["run", "npn-mnist-lenet5-sparse", "method.k=-1"], "k must be > 0, got -1"),
     (["run", "npn-mnist-lenet5-sparse", "method.gates={nope: out}"], "nope"),
+    (["run", "npn-mnist-lenet5-sparse", "model.name=torch.nn:Identity", "method.gates=null"],
+     "model cannot be gated"),
     (["run", "no-such-recipe"], "no recipe 'no-such-recipe'"),
     (["run", "npn-mnist-lenet5-sparse", "epochs"], "key=value"),
     (["run", "dense-mnist-lenet5", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
@@ -50,6 +52,13 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch, argv, me
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("neuroplastic run: error: ") and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_recipe_may_be_left_out_only_when_resuming(capsys, tmp_path):
+    code, _, err = _main(capsys, "run", "--out", str(tmp_path / "run"))
+    assert code == 2 and "RECIPE is required" in err
+    code, _, err = _main(capsys, "run", "--resume", "--out", str(tmp_path / "run"))
+    assert code == 2 and "recipe.yaml" in err  # no run there to resume
 
 
 def test_missing_or_unknown_data_set_exits_2(capsys, tmp_path):

@@ -90,7 +90,8 @@ def test_resume_through_the_runner_matches_an_uninterrupted_run(tmp_path, fake_d
         prepare(recipe, out=tmp_path / "b")
     with pytest.raises(RecipeError, match=r"differs from the one .* at \['method.k'\]"):
         prepare(recipe, ["method.k=5"], out=tmp_path / "b", resume=True)
-    resumed = execute(prepare(recipe, out=tmp_path / "b", resume=True), progress=False)
+    # the run folder's resolved recipe.yaml resumes the run as well as the original recipe does
+    resumed = execute(prepare(tmp_path / "b" / "recipe.yaml", out=tmp_path / "b", resume=True), progress=False)
     drop = ("wall_seconds", "session_seconds")
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
     strip = [{k: v for k, v in json.loads(s).items() if k != "seconds"}

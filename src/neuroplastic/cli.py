@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -43,7 +44,9 @@ def _fail(command: str, message: object) -> int:
 
 # -- run -----------------------------------------------------------------------------------------------
 def _configure_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="a shipped recipe name (see `neuroplastic recipes`) or a path to a YAML file")
+    p.add_argument("recipe", nargs="?",
+                   help="a shipped recipe name (see `neuroplastic recipes`) or a path to a YAML file; "
+                        "with --resume it may be left out (the run folder's recipe.yaml is used)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. method.k=5 epochs_scale=0.1 data.batch_size=64")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
@@ -58,6 +61,10 @@ def _run(args: argparse.Namespace) -> int:
     from neuroplastic.recipes import RecipeError, execute, prepare
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.recipe is None:
+        if not (args.resume and args.out):
+            return _fail("run", "RECIPE is required (it may be left out only with --resume --out DIR)")
+        args.recipe = str(Path(args.out) / "recipe.yaml")  # the resolved recipe the run was started with
     try:
         prep = prepare(args.recipe, args.overrides, out=args.out, data_dir=args.data_dir, device=args.device,
                        resume=args.resume)

@@ -204,7 +204,7 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
-    arch = method.architecture()
+    arch = method.architecture() if progress else {}
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, dynamic_ncols=True)
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
