@@ -10,14 +10,16 @@ from neuroplastic.lp import LpCGD
 from neuroplastic.masks import MaskEngine
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.methods.dst import GMP, SET, GraNet, RigL, Static
+from neuroplastic.methods.gated import split_param_groups
 from neuroplastic.methods.hard_concrete import HardConcrete
 from neuroplastic.methods.lpss import LpSS
-from neuroplastic.methods.npn import NPN, split_param_groups
+from neuroplastic.methods.npn import NPN
 from neuroplastic.methods.npn_physical import PhysicalNPN
 from neuroplastic.methods.rewind import IterativePruning
 from neuroplastic.metrics import count_flops, count_parameters, count_weights
 from neuroplastic.models import get_model, list_models
 from neuroplastic.structure import compact, grow, load_compact, save_compact, select_units, trace_unit_groups
+from neuroplastic.train import evaluate, fit
 
 __version__ = "0.1.0"
 
@@ -40,6 +42,8 @@ __all__ = [
     "TensorLoader",
     "__version__",
     "compact",
+    "evaluate",
+    "fit",
     "count_flops",
     "count_parameters",
     "count_weights",

@@ -18,6 +18,7 @@ from torch import nn
 from neuroplastic.gates.links import chain_links
 from neuroplastic.gates.sites import (
     GateSite,
+    UnitGates,
     attach,
     default_placement,
     detach,
@@ -27,6 +28,13 @@ from neuroplastic.gates.sites import (
 )
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import count_weights
+
+
+def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split ``model``'s parameters into (weights, gate logits), e.g. for SGD on weights + Adam on gates."""
+    gate_ids = {id(m.phi) for m in model.modules() if isinstance(m, UnitGates)}
+    params = list(model.parameters())
+    return [p for p in params if id(p) not in gate_ids], [p for p in params if id(p) in gate_ids]
 
 
 class UnitGateMethod(CapacityMethod):

@@ -27,22 +27,14 @@ from torch import nn
 
 from neuroplastic.gates import estimators
 from neuroplastic.gates.functions import gate_function
-from neuroplastic.gates.sites import UnitGates
 from neuroplastic.gates.stages import K_FROZEN, StageSchedule
-from neuroplastic.methods.gated import UnitGateMethod
+from neuroplastic.methods.gated import UnitGateMethod, split_param_groups  # noqa: F401 - re-exported
 
 MODES = ("sparse", "expand")
 TEST_GATES = ("binary", "soft_reference")
 SAMPLING = ("batch", "sample")
 OPEN_LOGIT = 3.0  # k * phi of an open unit at construction: pi = sigmoid(3) = 0.95
 HIBERNATING_LOGIT = -40.0  # k * phi of a hibernating unit
-
-
-def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Split ``model``'s parameters into (weights, gate logits), e.g. for SGD on weights + Adam on gates."""
-    gate_ids = {id(m.phi) for m in model.modules() if isinstance(m, UnitGates)}
-    params = list(model.parameters())
-    return [p for p in params if id(p) not in gate_ids], [p for p in params if id(p) in gate_ids]
 
 
 class NPN(UnitGateMethod):
