@@ -114,7 +114,7 @@ class PhysicalNPN(NPN):
         super().__init__(model, mode, k, lam, gates=gates, include=include, exclude=exclude,
                          init_active=init_active, stages=stages, k_frozen=k_frozen, gate=gate,
                          estimator=estimator, sampling=sampling, test_gate=test_gate, fill=fill,
-                         expand_step=expand_step, seed=seed)
+                         expand_step=expand_step, seed=seed, example_input=example_input)
         self._example = example_input[:2].detach()
         self._groups = self._trace()
         self.groups, self.physical_sites = self._plan()
