@@ -172,7 +172,8 @@ def test_every_shipped_recipe_constructs(name):
     torch.manual_seed(0)
     model = runner.build_model(recipe, spec)
     dense_flops = count_flops(model, spec.input_shape)
-    method, optimizers, schedules = runner.build_training(recipe, model, steps_per_epoch=5)
+    example = torch.zeros((2, *spec.input_shape))  # as prepare() passes it
+    method, optimizers, schedules = runner.build_training(recipe, model, steps_per_epoch=5, example_input=example)
     assert len(optimizers) == len(schedules) == (2 if recipe["optim"]["gates"] else 1)
     arch = method.architecture()
     assert 0 < arch["params"] <= arch["params_dense"]

@@ -29,6 +29,7 @@ from neuroplastic.recipes.config import RecipeError, apply_overrides, load_recip
 from neuroplastic.train.checkpoint import seed_everything
 from neuroplastic.train.loop import CHECKPOINT, fit
 from neuroplastic.train.optim import build_optimizer, build_schedule
+from neuroplastic.train.records import to_jsonable
 
 log = logging.getLogger(__name__)
 RECIPE_DIR = Path(__file__).parent
@@ -153,7 +154,8 @@ def build_training(
     if keys is not None and "seed" in keys and "seed" not in method_cfg:
         method_cfg["seed"] = recipe["seed"]  # the method's own generator follows the recipe's seed
     kwargs = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "options": method_cfg}
-    if example_input is not None and "example_input" in _from_recipe_params(name):
+    if (example_input is not None and "example_input" in _from_recipe_params(name)
+            and "input_shape" not in method_cfg):  # a recipe's own input_shape wins
         method_cfg["example_input"] = example_input
     if registry.wants_optimizer(name):  # mask methods: optimizer first, the method zeroes its state
         if optim["gates"] is not None:
@@ -271,10 +273,26 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = ()) -> 
         "session_seconds": time.perf_counter() - t0,
         "device": str(next(prep.model.parameters()).device),
     }
+    result["final_metrics"] = to_jsonable(prep.method.metrics())  # per-layer density, exploration rate, ...
     result.update(_save_compact(prep))
     _write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
+    _plot_over_time(prep.run_dir)
     return result
 
+
+def _plot_over_time(run_dir: Path) -> None:
+    """The capacity-over-time pictures of a finished run (architecture, mask densities, Lp), in
+    ``RUN_DIR/plots``; the neuron-map GIF is left to ``neuroplastic plot`` (it takes longer)."""
+    from neuroplastic.plots.cli import plot_run
+    from neuroplastic.plots.rundata import PlotDataError
+
+    for what in ("arch", "masks", "lp"):
+        try:
+            written, _ = plot_run(run_dir, what=[what])
+        except PlotDataError:
+            continue
+        for path in written:
+            log.info("plot: %s", path)
 
 def _save_compact(prep: Prepared) -> dict[str, Any]:
     """Gated methods: write the compacted plain model (``compact.pt``, loadable with ``weights_only``).
