@@ -5,7 +5,7 @@ Two cases, measured side by side in one run (interleaved repeats, median time):
 * LeNet5-Caffe at the NPN paper's sparsified architecture 7-9-109-30: conv1 keeps 7 of 20 channels,
   conv2 9 of 50, fc1 30 of 500 outputs. Compaction works per unit group, so fc1 reads the 9 * 16 = 144
   flattened inputs of the kept conv2 channels (the paper gated 109 single features).
-* ResNet-20 (CIFAR, 1x1 projection shortcuts) with half of the units of every prunable group closed.
+* ResNet-20 (the zoo's CIFAR model, 1x1 projection shortcuts) with half of the units of every prunable group closed.
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_compact.py [--repeats 30] [--seed 0]``
 """
@@ -17,62 +17,12 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neuroplastic.metrics import count_flops, count_weights
+from neuroplastic.models import get_model
 from neuroplastic.structure import compact, group_of, trace_unit_groups
 from neuroplastic.structure.surgery import unit_positions
-
-
-class LeNet5Caffe(nn.Module):
-    """conv(1,20,5) -> pool -> conv(20,50,5) -> pool -> flatten(800) -> fc(500) -> fc(10)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-        self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + self.shortcut(x))
-
-
-class ResNet20(nn.Module):
-    """CIFAR ResNet-20: 3 stages of 3 basic blocks, widths 16-32-64."""
-
-    def __init__(self, classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        blocks, cin = [], 16
-        for i, width in enumerate((16, 32, 64)):
-            for b in range(3):
-                blocks.append(BasicBlock(cin, width, 2 if b == 0 and i > 0 else 1))
-                cin = width
-        self.layers = nn.Sequential(*blocks)
-        self.linear = nn.Linear(64, classes)
-
-    def forward(self, x):
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 @torch.no_grad()
@@ -107,7 +57,7 @@ def timed(models: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[s
 
 def lenet_case(seed: int) -> tuple[nn.Module, dict, torch.Tensor]:
     torch.manual_seed(seed)
-    model = LeNet5Caffe().eval()
+    model = get_model("lenet5_caffe").eval()
     x = torch.randn(2, 1, 28, 28)
     groups = trace_unit_groups(model, x)
     gen = torch.Generator().manual_seed(seed)
@@ -121,7 +71,7 @@ def lenet_case(seed: int) -> tuple[nn.Module, dict, torch.Tensor]:
 
 def resnet_case(seed: int) -> tuple[nn.Module, dict, torch.Tensor]:
     torch.manual_seed(seed)
-    model = ResNet20().eval()
+    model = get_model("resnet20").eval()
     x = torch.randn(2, 3, 32, 32)
     gen = torch.Generator().manual_seed(seed)
     keep = {}

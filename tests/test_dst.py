@@ -10,15 +10,6 @@ from neuroplastic.masks import kept_count
 from neuroplastic.methods.dst import GMP, METHODS, SET, GraNet, RigL, Static
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(

@@ -9,15 +9,6 @@ from torch import nn
 from neuroplastic.lp import LpCGD, layer_hoyer, lp_norm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _naive_step(w, v, buf, grad, *, p, lr, momentum, nesterov, weight_decay, first):
     """The update written directly from the formulas (float64, no stabilisation)."""
     q = p / (p - 1)

@@ -11,15 +11,6 @@ from neuroplastic.lp import LpCGD, lp_norm
 from neuroplastic.methods.lpss import LpSS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 32, generator=g)

@@ -7,15 +7,6 @@ from torch import nn
 from neuroplastic.masks import MaskEngine, erk, random_masks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(

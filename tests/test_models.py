@@ -27,15 +27,6 @@ def _natural_input(name: str) -> torch.Tensor:
     return torch.rand(2, 3, 32, 32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Big-model forwards run on one thread: on a shared 2-core machine, threads fight and get 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
     torch.manual_seed(0)

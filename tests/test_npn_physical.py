@@ -18,14 +18,6 @@ MOONS = dict(mode="expand", k=1.0, gates={"fc1": "in", "fc2": "in"}, init_active
              fill=0.5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pair(name: str, options: dict, x: torch.Tensor, **kwargs):
     """(physical model, PhysicalNPN, simulated model, NPN) built from the same seed."""
     torch.manual_seed(0)

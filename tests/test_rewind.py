@@ -8,16 +8,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from neuroplastic.masks import kept_count
 from neuroplastic.methods.rewind import IterativePruning
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SPE = 3  # steps per epoch
 
 

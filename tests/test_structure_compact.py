@@ -5,7 +5,7 @@ from torch import nn
 from neuroplastic.metrics import count_parameters
 from neuroplastic.structure import compact, group_of, select_units, trace_unit_groups
 from neuroplastic.structure.surgery import unit_positions
-from test_structure_trace import MLP, ZOO, LeNet5Caffe, make, one_thread  # noqa: F401 (autouse fixture)
+from test_structure_trace import MLP, ZOO, LeNet5Caffe, make
 
 
 @torch.no_grad()

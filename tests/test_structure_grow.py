@@ -8,7 +8,7 @@ from neuroplastic.structure import group_of, trace_unit_groups
 from neuroplastic.structure.grow import grow, insertion_src
 from neuroplastic.structure.optim_surgery import remap_along
 from neuroplastic.structure.surgery import unit_positions
-from test_structure_trace import ZOO, make, one_thread  # noqa: F401 (autouse fixture)
+from test_structure_trace import ZOO, make
 
 
 def pick_group(model, x, seed):

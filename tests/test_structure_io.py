@@ -7,7 +7,7 @@ import torch
 from neuroplastic.structure import compact
 from neuroplastic.structure.io import export_onnx, load_compact, save_compact
 from test_structure_compact import random_closing
-from test_structure_trace import MLP, ZOO, make, one_thread  # noqa: F401 (autouse fixture)
+from test_structure_trace import MLP, ZOO, make
 
 HAS_ORT = importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
 HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None

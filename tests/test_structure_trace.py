@@ -150,17 +150,6 @@ class DenseNetMini(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster, and immune to a busy shared machine.
-
-    Imported by the other ``test_structure_*`` files so that it applies there too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 #: name -> (builder, example input shape without batch)
 ZOO = {
     "mlp": (MLP, (20,)),
