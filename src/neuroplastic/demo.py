@@ -56,9 +56,9 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for mode in modes:
         run_dir = out / mode
-        if (run_dir / "results.json").exists():
+        if run_dir.exists() and any(run_dir.iterdir()):
             if not args.overwrite:
-                raise FileExistsError(f"{run_dir} holds a finished run: pass --overwrite or another --out")
+                raise FileExistsError(f"{run_dir} holds an earlier demo run: pass --overwrite or another --out")
             for f in sorted(run_dir.rglob("*"), reverse=True):
                 f.rmdir() if f.is_dir() else f.unlink()
         results.append(_run_mode(mode, run_dir, out, args))
