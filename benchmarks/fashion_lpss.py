@@ -6,8 +6,11 @@ minutes, so this script runs the very same recipe through :func:`neuroplastic.re
 ``--val-size`` validation images (the test set is whole). Everything else (model, LpCGD or SGD,
 piecewise LR, LpSS or Static) comes from the recipe plus the ``--set`` overrides, e.g.::
 
-    OMP_NUM_THREADS=1 python benchmarks/fashion_lpss.py lpss-fashion-s90 --train-size 10000 \
-        --set epochs_scale=0.06 --set method.frequency=4 --out runs/bench-lpss-s90
+    OMP_NUM_THREADS=1 python benchmarks/fashion_lpss.py lpss-fashion-s90 --train-size 55000 --val-size 5000 \
+        --set epochs_scale=0.06 --set data.batch_size=64 --set method.frequency=10 \
+        --set optim.weights.unconstrained_lr=0.2 --out runs/full-s90-1
+
+(the reduced-budget run of docs/results.md; ``--train-size 55000 --val-size 5000`` keeps whole splits)
 
 prints the run's result object (``results.json`` in ``--out``) and the final mask sparsity.
 """
