@@ -73,6 +73,26 @@ def test_controller_reaches_the_target_sparsity(controller, target):
         assert torch.all(lp_norm(weight.detach(), 1.1) <= 1 + 1e-5)
 
 
+def test_target_ramp_follows_the_cubic_and_the_exact_controller_tracks_it():
+    # window [30, 270): the target ramps over its first half, steps 30..150, from 0.2 to 0.8
+    net, opt, lpss = _setup(controller="exact", target_ramp=0.5)
+    cubic = [(60, 0.8 - 0.6 * 0.75**3), (90, 0.8 - 0.6 * 0.5**3)]
+    for t, expected in [(0, 0.2), (30, 0.2), *cubic, (150, 0.8), (290, 0.8)]:
+        assert lpss.current_target(t) == pytest.approx(expected)
+    _train(net, opt, lpss, 300)
+    events = lpss.end_epoch()
+    for event in events:
+        assert event["target"] == pytest.approx(lpss.current_target(event["step"]))
+    # while the target rises slowly the exact controller lands on it at every update
+    ramp = [e for e in events if e["step"] <= 150]
+    assert max(abs(e["mask_sparsity"] - e["target"]) for e in ramp) < 0.01
+    assert ramp[1]["mask_sparsity"] < 0.3  # gradual, not the reference's jump
+    assert abs(lpss.metrics()["mask_sparsity"] - 0.8) < 0.01
+    # without a ramp the target is constant from the first update
+    _, _, flat = _setup()
+    assert flat.current_target(30) == flat.current_target(0) == 0.8
+
+
 def test_regrown_constrained_weights_resume_from_their_latent_value():
     net, opt, lpss = _setup(begin=0.0)
     _train(net, opt, lpss, 1)  # step 0 was an update
@@ -177,6 +197,8 @@ def test_from_recipe():
         ({"grow_score": "signed"}, ValueError, "grow_score"),
         ({"controller": "pid"}, ValueError, "controller"),
         ({"initial_sparsity": 1.0}, ValueError, "initial_sparsity"),
+        ({"target_ramp": 1.5}, ValueError, "target_ramp"),
+        ({"target_ramp": 0.5, "initial_sparsity": 0.9}, ValueError, "target_ramp"),
         ({"epochs": 0}, ValueError, "epochs"),
     ],
 )

@@ -21,6 +21,10 @@ What one topology update does (every ``frequency`` steps from ``begin`` to ``end
    sparsity, measured over the masked weights only (the reference divides by all parameters, BN and
    biases included, which biases it low).
 
+The controller's target is ``target_sparsity`` from the first update (the reference), or, with
+``target_ramp > 0``, rises from ``initial_sparsity`` to ``target_sparsity`` along Zhu & Gupta's cubic over
+the first ``target_ramp`` of the update window (gradual sparsification instead of the reference's jump).
+
 Semi-pruning: a masked constrained weight keeps its dual value in the optimizer (zero gradient and
 momentum, decaying by ``1 - lr`` per step relative to its renormalised row), and a regrown one resumes
 from it at once. Masked entries still count in the row's Lp norm, so a masked row has ``||w_j||_p <= 1``.
@@ -39,7 +43,7 @@ from torch import nn
 from neuroplastic.lp.geometry import layer_hoyer, net_hoyer
 from neuroplastic.lp.lpcgd import LpCGD
 from neuroplastic.lp.topology import GROW_SCORES, GrowController, growth_score, threshold_drop
-from neuroplastic.masks import Constant, CosineDecay, MaskEngine, grow_by_score, random_masks, uniform
+from neuroplastic.masks import Constant, CosineDecay, CubicDensity, MaskEngine, grow_by_score, random_masks, uniform
 from neuroplastic.masks.engine import unwrap
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import count_weights, layer_flops
@@ -88,6 +92,10 @@ class LpSS(CapacityMethod):
     controller:
         ``"reference"`` (the reference's rule, default) or ``"exact"``; see
         :class:`~neuroplastic.lp.topology.GrowController`.
+    target_ramp:
+        Fraction of the update window, in [0, 1], over which the controller's target rises from
+        ``initial_sparsity`` to ``target_sparsity`` along a cubic (:class:`~neuroplastic.masks.CubicDensity`);
+        0 (default, the reference) steers to ``target_sparsity`` from the first update.
     initial_sparsity:
         Sparsity of the random initial mask of every masked layer (reference 0.2).
     include, exclude:
@@ -121,6 +129,7 @@ class LpSS(CapacityMethod):
         grow_fraction_d: float = 0.1,
         grow_score: str = "abs",
         controller: str = "reference",
+        target_ramp: float = 0.0,
         initial_sparsity: float = 0.2,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
@@ -151,6 +160,16 @@ class LpSS(CapacityMethod):
         self.grow_score = grow_score
         self.sample_size = _positive_int(sample_size, "sample_size")
         initial_sparsity = _fraction(initial_sparsity, "initial_sparsity", high_open=True)
+        self.target_ramp = _fraction(target_ramp, "target_ramp")
+        if self.target_ramp > 0 and initial_sparsity > self.target_sparsity:
+            raise ValueError(
+                f"target_ramp needs initial_sparsity ({initial_sparsity}) <= target_sparsity "
+                f"({self.target_sparsity}): the ramp only raises sparsity"
+            )
+        ramp_end = self.begin_step + round(self.target_ramp * window)
+        self.target_schedule = CubicDensity(
+            1.0 - initial_sparsity, 1.0 - self.target_sparsity, self.begin_step, ramp_end, self.frequency
+        )
         self.steps = 0
         self.events: list[dict[str, Any]] = []
 
@@ -186,6 +205,13 @@ class LpSS(CapacityMethod):
                 if name in self.layer_p:  # a regrown constrained weight resumes from its latent value
                     weight.copy_(self.optimizer.dense_weight(weight) * mask)
 
+    def current_target(self, step: int | None = None) -> float:
+        """The controller's target sparsity at ``step`` (default: now); constant when ``target_ramp == 0``."""
+        step = self.steps if step is None else step
+        if self.target_ramp == 0:
+            return self.target_sparsity
+        return 1.0 - self.target_schedule(step)
+
     def is_update_step(self, step: int) -> bool:
         """True at ``begin_step + j * frequency`` before ``end_step``."""
         return self.begin_step <= step < self.end_step and (step - self.begin_step) % self.frequency == 0
@@ -202,6 +228,7 @@ class LpSS(CapacityMethod):
     def update_topology(self) -> dict[str, Any]:
         """One drop/grow update of every masked layer (needs the gradients of the last backward)."""
         h = self.drop_schedule(self.steps - self.begin_step)
+        self.controller.target = self.current_target()
         sparsity_before = 1.0 - self.engine.density()
         keeps = {}
         for name, mask in self.engine.masks.items():
@@ -232,6 +259,7 @@ class LpSS(CapacityMethod):
             "dropped": dropped,
             "grown": grown,
             "mask_sparsity": sparsity,
+            "target": self.controller.target,
         }
         self.controller.update(sparsity, h)
         self.events.append(event)
