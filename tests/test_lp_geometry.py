@@ -12,6 +12,7 @@ from neuroplastic.lp.geometry import (
     hoyer,
     layer_hoyer,
     lp_norm,
+    mass_support,
     net_hoyer,
     normalize,
     project,
@@ -84,6 +85,17 @@ def test_hoyer_hand_values():
     expected = torch.tensor([1.0, 0.0, 2 - math.sqrt(2), 1.0])
     torch.testing.assert_close(hoyer(x), expected)
     assert layer_hoyer(x) == pytest.approx(float(expected.mean()))
+
+
+def test_mass_support_hand_values():
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [10.0, 1.0, 0.0, 0.0]])
+    # squares 16+9 (of 25), 1+1+1+1, none, 100+1 (100/101 = 0.9901 of the mass in the first)
+    assert mass_support(x).tolist() == [2, 4, 0, 1]
+    assert mass_support(x, 0.5).tolist() == [1, 2, 0, 1]  # a share exactly at the bound counts as reached
+    assert mass_support(x, 1.0).tolist() == [2, 4, 0, 2]
+    assert mass_support(x.reshape(4, 2, 2)).tolist() == [2, 4, 0, 1]  # conv-shaped: units are dim 0
+    with pytest.raises(ValueError, match="mass"):
+        mass_support(x, 0.0)
 
 
 def test_net_hoyer_weights_layers_by_size():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuroplastic.lp import LpCGD, lp_norm
+from neuroplastic.lp import LpCGD, lp_norm, mass_support
 from neuroplastic.methods.lpss import LpSS
 
 
@@ -143,6 +143,10 @@ def test_metrics_and_snapshot():
     expected_net = (m["hoyer"]["0"] * 2048 + m["hoyer"]["2"] * 4096) / 6144
     assert m["hoyer_net"] == pytest.approx(expected_net)
     assert m["nonzero_masked_weights"] <= active
+    live = int(lpss.engine.masks["0"].sum() + lpss.engine.masks["2"].sum())
+    assert m["constrained_live"] == live
+    used = sum(int(mass_support(lpss.engine.weight(n)).sum()) for n in ("0", "2"))
+    assert m["constrained_used"] == used and 0 < used < live  # p = 1.1 leaves many active weights tiny
     snap = lpss.snapshot()
     assert set(snap) == {"absw/0", "absw/2", "p/0", "p/2"}
     assert snap["absw/0"].shape == (100,) and snap["absw/0"].dtype == np.float16

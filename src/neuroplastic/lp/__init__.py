@@ -1,6 +1,16 @@
 """Lp geometry and the LpCGD optimizer: weights whose units live on the unit Lp sphere (LpSS)."""
 
-from neuroplastic.lp.geometry import dual_exponent, from_dual, hoyer, layer_hoyer, lp_norm, net_hoyer, project, to_dual
+from neuroplastic.lp.geometry import (
+    dual_exponent,
+    from_dual,
+    hoyer,
+    layer_hoyer,
+    lp_norm,
+    mass_support,
+    net_hoyer,
+    project,
+    to_dual,
+)
 from neuroplastic.lp.layers import assign_p, constrained_layers, constrained_params
 from neuroplastic.lp.lpcgd import LpCGD, build_lpcgd
 
@@ -15,6 +25,7 @@ __all__ = [
     "hoyer",
     "layer_hoyer",
     "lp_norm",
+    "mass_support",
     "net_hoyer",
     "project",
     "to_dual",

@@ -129,6 +129,23 @@ def layer_hoyer(w: torch.Tensor) -> float:
     return float(hoyer(w.detach()).mean())
 
 
+def mass_support(x: torch.Tensor, mass: float = 0.99) -> torch.Tensor:
+    """Per unit, the fewest entries whose squares make up ``mass`` of the unit's squared L2 norm.
+
+    Shape ``(units,)``, int64. It counts the weights a unit really uses: at p near 1 most active
+    weights of a unit are tiny, so a mask's live count overstates the capacity in use. An all-zero unit
+    counts 0.
+    """
+    if isinstance(mass, bool) or not isinstance(mass, int | float) or not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass must be a number in (0, 1], got {mass!r}")
+    squares = _rows(x.detach()).double().pow(2)
+    ordered, _ = squares.sort(dim=1, descending=True)
+    total = ordered.sum(dim=1, keepdim=True)
+    # entries before the one whose cumulative share first reaches `mass`, plus that one
+    below = (ordered.cumsum(dim=1) < mass * total * (1.0 - 1e-12)).sum(dim=1)
+    return torch.where(total.squeeze(1) > 0, below + 1, torch.zeros_like(below))
+
+
 def net_hoyer(weights: dict[str, torch.Tensor]) -> float:
     """Hoyer sparsity of a net: the layers' mean unit Hoyer sparsity weighted by each layer's numel."""
     if not weights:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neuroplastic.lp.geometry import layer_hoyer, net_hoyer
+from neuroplastic.lp.geometry import layer_hoyer, mass_support, net_hoyer
 from neuroplastic.lp.lpcgd import LpCGD
 from neuroplastic.lp.topology import GROW_SCORES, GrowController, growth_score, threshold_drop
 from neuroplastic.masks import Constant, CosineDecay, CubicDensity, MaskEngine, grow_by_score, random_masks, uniform
@@ -282,7 +282,12 @@ class LpSS(CapacityMethod):
         return {"params": dense - masked_off, "params_dense": dense, "constrained": dict(self.layer_p)}
 
     def metrics(self) -> dict[str, Any]:
-        """Mask sparsity, Hoyer sparsity per constrained layer and for them together, live params."""
+        """Mask sparsity, Hoyer sparsity per constrained layer and for them together, live params.
+
+        ``constrained_live``: active entries of the constrained layers; ``constrained_used``: of those, the
+        fewest per unit that carry 99% of the unit's squared L2 norm (:func:`~neuroplastic.lp.mass_support`),
+        i.e. the weights the constrained layers really use.
+        """
         weights = self._constrained_weights()
         nonzero = sum(int(torch.count_nonzero(self.engine.weight(n))) for n in self.engine.masks)
         return {
@@ -292,6 +297,8 @@ class LpSS(CapacityMethod):
             "hoyer_net": net_hoyer(weights),
             "params": self.architecture()["params"],
             "nonzero_masked_weights": nonzero,
+            "constrained_live": sum(int(self.engine.masks[n].sum()) for n in weights if n in self.engine.masks),
+            "constrained_used": sum(int(mass_support(w).sum()) for w in weights.values()),
             "grow_fraction": self.controller.grow_fraction,
             "drop_fraction": self.drop_schedule(max(self.steps - self.begin_step, 0)),
             "flops_sparse_inference": self._sparse_flops(),
