@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from neuroplastic.lp.topology import GrowController, growth_score, threshold_drop
+from neuroplastic.lp.topology import (
+    GrowController,
+    adapted_threshold,
+    growth_score,
+    relative_magnitude,
+    threshold_drop,
+)
 
 
 def test_threshold_drop_hand_computed():
@@ -37,8 +43,27 @@ def test_threshold_drop_bad_input():
         threshold_drop(w, torch.ones(2, 3), 0.1)
     with pytest.raises(ValueError, match="shape"):
         threshold_drop(w, torch.ones(3, 2, dtype=torch.bool), 0.1)
-    with pytest.raises(ValueError, match=r"h must be in \[0, 1\]"):
-        threshold_drop(w, torch.ones(2, 3, dtype=torch.bool), 1.5)
+    with pytest.raises(ValueError, match="h must be a finite number >= 0"):
+        threshold_drop(w, torch.ones(2, 3, dtype=torch.bool), -0.5)
+
+
+def test_relative_magnitude_and_adapted_threshold_hand_computed():
+    w = torch.tensor([[4.0, 1.0, 0.5, 3.0], [0.0, 2.0, -6.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [False, True, True, False]])
+    # row means of the active entries: 11/6 and 4
+    r = relative_magnitude(w, mask)
+    torch.testing.assert_close(r, torch.tensor([[24 / 11, 6 / 11, 3 / 11, 18 / 11], [0.0, 0.5, 1.5, 0.0]]))
+    # active ratios sorted: 3/11, 1/2, 6/11, 3/2, 24/11
+    h = adapted_threshold([w], [mask], 3)
+    assert 6 / 11 < h < 6 / 11 + 1e-6
+    assert int((mask & ~threshold_drop(w, mask, h)).sum()) == 3
+    h = adapted_threshold([w[:1], w[1:]], [mask[:1], mask[1:]], 4)  # over several layers together
+    assert 1.5 < h < 1.5 + 1e-6  # above 1: an entry above its row's mean goes too
+    assert threshold_drop(w, mask, h).tolist() == [[True, False, False, False], [False, False, False, False]]
+    assert adapted_threshold([w], [mask], 0) == 0.0
+    assert adapted_threshold([w], [mask], 99) > 24 / 11  # more than exist: all active entries
+    empty = torch.zeros(2, 2, dtype=torch.bool)
+    assert relative_magnitude(torch.ones(2, 2), empty).isinf().all()  # no active entry: never dropped
 
 
 def test_growth_score_is_the_row_normalised_gradient():

@@ -93,6 +93,24 @@ def test_target_ramp_follows_the_cubic_and_the_exact_controller_tracks_it():
     assert flat.current_target(30) == flat.current_target(0) == 0.8
 
 
+def test_adapt_threshold_reaches_a_target_the_fixed_threshold_cannot():
+    # p = 1.5 spreads each unit's weights, so h <= 0.1 of the row mean drops too little for 0.9
+    options = {"p": 1.5, "target_sparsity": 0.9, "controller": "exact", "drop_fraction": 0.1}
+    net, opt, fixed = _setup(**options)
+    _train(net, opt, fixed, 300)
+    assert fixed.metrics()["mask_sparsity"] < 0.8
+    assert all(e["threshold"] == e["drop_fraction"] for e in fixed.end_epoch())
+    net, opt, adapted = _setup(**options, adapt_threshold=True)
+    _train(net, opt, adapted, 300)
+    events = adapted.end_epoch()
+    assert events[0]["threshold"] > 1.0 > events[0]["drop_fraction"]  # raised (above the row mean here)
+    assert abs(events[0]["mask_sparsity"] - 0.9) < 0.005  # lands on the target at the first update
+    raised = [e for e in events if e["threshold"] > e["drop_fraction"]]
+    assert all(abs(e["mask_sparsity"] - 0.9) < 0.005 for e in raised)
+    assert len(raised) < len(events)  # only where the fixed threshold was not enough
+    assert abs(adapted.metrics()["mask_sparsity"] - 0.9) < 0.005
+
+
 def test_regrown_constrained_weights_resume_from_their_latent_value():
     net, opt, lpss = _setup(begin=0.0)
     _train(net, opt, lpss, 1)  # step 0 was an update
@@ -202,6 +220,8 @@ def test_from_recipe():
         ({"controller": "pid"}, ValueError, "controller"),
         ({"initial_sparsity": 1.0}, ValueError, "initial_sparsity"),
         ({"target_ramp": 1.5}, ValueError, "target_ramp"),
+        ({"adapt_threshold": True}, ValueError, "adapt_threshold needs controller='exact'"),
+        ({"adapt_threshold": 1, "controller": "exact"}, TypeError, "adapt_threshold must be a bool"),
         ({"target_ramp": 0.5, "initial_sparsity": 0.9}, ValueError, "target_ramp"),
         ({"epochs": 0}, ValueError, "epochs"),
     ],

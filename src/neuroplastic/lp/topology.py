@@ -12,24 +12,60 @@ import torch
 GROW_SCORES = ("abs", "signed_reference")
 
 
-def threshold_drop(weight: torch.Tensor, mask: torch.Tensor, h: float) -> torch.Tensor:
-    """The mask kept after dropping every active entry with ``|w| < h * mean(|w| of the row's active entries)``.
-
-    Rows are units (dim 0). A row without active entries stays without (the reference's ``>=`` against
-    a zero threshold would revive the whole row; here nothing inactive is ever kept). Returns a new
-    bool tensor; the inputs are not modified.
-    """
+def _check_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
     if mask.shape != weight.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
-    if not 0.0 <= h <= 1.0:
-        raise ValueError(f"drop fraction h must be in [0, 1], got {h}")
+
+
+def relative_magnitude(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``|w| / mean(|w| of the row's active entries)`` for every entry, the quantity the drop thresholds.
+
+    Rows are units (dim 0); same shape as ``weight``. In a row whose active entries are all zero (or that
+    has none) every entry reads ``inf``, so no threshold drops from it.
+    """
+    _check_mask(weight, mask)
     absw = weight.detach().abs().reshape(weight.shape[0], -1)
     active = mask.reshape(weight.shape[0], -1)
-    count = active.sum(dim=1, keepdim=True)
-    mean = (absw * active).sum(dim=1, keepdim=True) / count.clamp_min(1)
-    return (active & (absw >= h * mean)).reshape(mask.shape)
+    mean = (absw * active).sum(dim=1, keepdim=True) / active.sum(dim=1, keepdim=True).clamp_min(1)
+    ratio = absw / torch.where(mean > 0, mean, torch.ones_like(mean))
+    return torch.where(mean > 0, ratio, torch.full_like(ratio, float("inf"))).reshape(weight.shape)
+
+
+def threshold_drop(weight: torch.Tensor, mask: torch.Tensor, h: float) -> torch.Tensor:
+    """The mask kept after dropping every active entry with ``|w| < h * mean(|w| of the row's active entries)``.
+
+    Rows are units (dim 0). A row without active entries stays without (the reference's ``>=`` against
+    a zero threshold would revive the whole row; here nothing inactive is ever kept). ``h >= 0``; above 1
+    it drops entries larger than their row's mean (see :func:`adapted_threshold`). Returns a new bool
+    tensor; the inputs are not modified.
+    """
+    _check_mask(weight, mask)
+    if not 0.0 <= h < float("inf"):
+        raise ValueError(f"drop fraction h must be a finite number >= 0, got {h}")
+    return mask & (relative_magnitude(weight, mask) >= h)
+
+
+def adapted_threshold(weights: list[torch.Tensor], masks: list[torch.Tensor], count: int) -> float:
+    """The smallest ``h`` at which :func:`threshold_drop` drops at least ``count`` active entries in all.
+
+    The LpSS paper's "threshold adaptation": when the drop fraction's threshold removes fewer entries than
+    the mask must lose to reach its target, the threshold (relative to each row's mean) is raised to the
+    ``count``-th smallest relative magnitude among the active entries of every layer together. Entries
+    that tie with it are dropped too. Returns 0 for ``count <= 0``.
+    """
+    if len(weights) != len(masks):
+        raise ValueError(f"got {len(weights)} weights but {len(masks)} masks")
+    if count <= 0:
+        return 0.0
+    pairs = zip(weights, masks, strict=True)
+    ratios = torch.cat([relative_magnitude(w, m)[m].flatten().float().cpu() for w, m in pairs])
+    finite = ratios[torch.isfinite(ratios)]
+    if finite.numel() == 0:
+        return 0.0
+    kth = finite.kthvalue(min(count, finite.numel())).values
+    return float(torch.nextafter(kth, torch.tensor(float("inf"))))
 
 
 def growth_score(grad: torch.Tensor, grow_score: str = "abs") -> torch.Tensor:

@@ -21,6 +21,11 @@ What one topology update does (every ``frequency`` steps from ``begin`` to ``end
    sparsity, measured over the masked weights only (the reference divides by all parameters, BN and
    biases included, which biases it low).
 
+With ``adapt_threshold=True`` (and the exact controller) an update whose threshold drops fewer entries
+than the mask must lose to reach the target raises the threshold for that update until it does
+(:func:`~neuroplastic.lp.topology.adapted_threshold`: the paper's "threshold adaptation"), so milder p,
+whose rows are less concentrated, still reach the target.
+
 The controller's target is ``target_sparsity`` from the first update (the reference), or, with
 ``target_ramp > 0``, rises from ``initial_sparsity`` to ``target_sparsity`` along Zhu & Gupta's cubic over
 the first ``target_ramp`` of the update window (gradual sparsification instead of the reference's jump).
@@ -34,6 +39,7 @@ Masked unconstrained weights (stem, shortcuts, classifier) are plain zeros and r
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -42,7 +48,7 @@ from torch import nn
 
 from neuroplastic.lp.geometry import layer_hoyer, mass_support, net_hoyer
 from neuroplastic.lp.lpcgd import LpCGD
-from neuroplastic.lp.topology import GROW_SCORES, GrowController, growth_score, threshold_drop
+from neuroplastic.lp.topology import GROW_SCORES, GrowController, adapted_threshold, growth_score, threshold_drop
 from neuroplastic.masks import Constant, CosineDecay, CubicDensity, MaskEngine, grow_by_score, random_masks, uniform
 from neuroplastic.masks.engine import unwrap
 from neuroplastic.methods.base import CapacityMethod
@@ -92,6 +98,9 @@ class LpSS(CapacityMethod):
     controller:
         ``"reference"`` (the reference's rule, default) or ``"exact"``; see
         :class:`~neuroplastic.lp.topology.GrowController`.
+    adapt_threshold:
+        Raise an update's threshold when it drops too few entries to reach the target (needs
+        ``controller="exact"``); off by default (the reference's fixed ``h``).
     target_ramp:
         Fraction of the update window, in [0, 1], over which the controller's target rises from
         ``initial_sparsity`` to ``target_sparsity`` along a cubic (:class:`~neuroplastic.masks.CubicDensity`);
@@ -130,6 +139,7 @@ class LpSS(CapacityMethod):
         grow_score: str = "abs",
         controller: str = "reference",
         target_ramp: float = 0.0,
+        adapt_threshold: bool = False,
         initial_sparsity: float = 0.2,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
@@ -160,6 +170,11 @@ class LpSS(CapacityMethod):
         self.grow_score = grow_score
         self.sample_size = _positive_int(sample_size, "sample_size")
         initial_sparsity = _fraction(initial_sparsity, "initial_sparsity", high_open=True)
+        if not isinstance(adapt_threshold, bool):
+            raise TypeError(f"adapt_threshold must be a bool, got {adapt_threshold!r}")
+        if adapt_threshold and controller != "exact":
+            raise ValueError(f"adapt_threshold needs controller='exact', got controller={controller!r}")
+        self.adapt_threshold = adapt_threshold
         self.target_ramp = _fraction(target_ramp, "target_ramp")
         if self.target_ramp > 0 and initial_sparsity > self.target_sparsity:
             raise ValueError(
@@ -240,6 +255,14 @@ class LpSS(CapacityMethod):
             keeps[name] = threshold_drop(self.engine.weight(name), mask, h)
         n_drops = {name: int((mask & ~keeps[name]).sum()) for name, mask in self.engine.masks.items()}
         total = sum(self.engine.numel().values())
+        threshold = h
+        needed = math.ceil((self.controller.target - sparsity_before) * total - 1e-9)
+        if self.adapt_threshold and sum(n_drops.values()) < needed:
+            names = list(self.engine.masks)
+            weights = [self.engine.weight(n) for n in names]
+            threshold = max(h, adapted_threshold(weights, [self.engine.masks[n] for n in names], needed))
+            keeps = {n: threshold_drop(w, self.engine.masks[n], threshold) for n, w in zip(names, weights, strict=True)}
+            n_drops = {name: int((mask & ~keeps[name]).sum()) for name, mask in self.engine.masks.items()}
         grow_fraction = self.controller.fraction_for(sum(n_drops.values()), sparsity_before, total)
         grown = 0
         for name, keep in keeps.items():
@@ -255,6 +278,7 @@ class LpSS(CapacityMethod):
             "step": self.steps,
             "epoch": self.epoch,
             "drop_fraction": h,
+            "threshold": threshold,
             "grow_fraction": grow_fraction,
             "dropped": dropped,
             "grown": grown,
