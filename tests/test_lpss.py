@@ -246,7 +246,11 @@ def test_needs_lpcgd_and_gradients():
 
 @pytest.mark.parametrize(
     ("recipe", "target", "p_first", "p_rest"),
-    [("lpss-fashion-s90", 0.9, 1.2, 1.07), ("lpss-fashion-s50", 0.5, 1.4, 1.3)],
+    [
+        ("lpss-fashion-s90", 0.9, 1.2, 1.07),
+        ("lpss-fashion-s50", 0.5, 1.4, 1.3),
+        ("lpss-fashion-s90-adaptive", 0.9, 1.3, 1.15),
+    ],
 )
 def test_shipped_recipes_build_the_reference_setting(recipe, target, p_first, p_rest):
     from neuroplastic.models import get_model
@@ -255,6 +259,9 @@ def test_shipped_recipes_build_the_reference_setting(recipe, target, p_first, p_
     model = get_model("wrn_lpss", num_classes=10, in_channels=1)
     method, (opt,), (schedule,) = build_training(resolve(recipe), model, steps_per_epoch=10)
     assert isinstance(method, LpSS) and method.target_sparsity == target
+    adaptive = recipe.endswith("adaptive")
+    assert method.adapt_threshold is adaptive and method.target_ramp == (0.5 if adaptive else 0.0)
+    assert method.controller.mode == ("exact" if adaptive else "reference")
     assert list(opt.layer_p.values()) == [p_first] * 4 + [p_rest] * 12  # the 16 block convs, stem excluded
     assert "conv1" not in opt.layer_p and "fc" not in opt.layer_p
     # mean-loss conversion of the reference's lr = vals / 256: the constrained mixing weight is vals / 256,
