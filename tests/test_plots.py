@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from matplotlib.axes import Axes
 from PIL import Image
 
 from neuroplastic.plots import (
     PlotDataError,
     load_run,
     plot_architecture,
+    plot_compare,
     plot_lp_hoyer,
     plot_lp_weights,
     plot_mask_density,
@@ -280,3 +282,56 @@ def test_many_gated_layers_get_a_compact_grid(tmp_path):
         # 12 panels -> 4 columns x 3 rows of 200 px: 3 * 200 * 0.92 + 70 + 80 = 702
         assert (image.size, image.n_frames) == ((800, 702), 3)
     assert _png_size(plot_architecture(loaded, tmp_path / "a.png")) == (960, 620)
+
+
+def _result_run(root: Path, folder: str, recipe: str, test_accuracy: float, params: int, val_shift: float) -> Path:
+    run = root / folder
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": recipe}))
+    _write_jsonl(run / "history.jsonl", [{**_common(e), "val_acc": 0.5 + e / 50 + val_shift} for e in range(4)])
+    (run / "results.json").write_text(json.dumps([{"test_accuracy": test_accuracy, "params": params}]))
+    return run
+
+
+def test_compare_groups_runs_by_recipe_and_states_their_results(tmp_path, monkeypatch):
+    runs = [
+        _result_run(tmp_path, "a1", "lpss-a", 0.90, 100, 0.0),
+        _result_run(tmp_path, "a2", "lpss-a", 0.92, 100, 0.01),
+        _result_run(tmp_path, "s1", "static", 0.88, 101, -0.01),
+    ]
+    labels = []
+    original = Axes.plot
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    out = plot_compare([load_run(r) for r in runs], tmp_path / "pics" / "compare.png", width_px=800, height_px=400)
+    assert Image.open(out).size == (800, 400)
+    # one legend entry per recipe: run count, mean test accuracy, live params; the other lines unlabelled
+    assert [label for label in labels if label] == [
+        "lpss-a (2 runs, test 91.00% mean, 100 params)",
+        "static (1 run, test 88.00%, 101 params)",
+    ]
+    assert len(labels) == 6  # validation accuracy and training loss of each run
+
+
+def test_compare_needs_val_acc_and_two_runs(tmp_path):
+    good = _result_run(tmp_path, "a", "x", 0.9, 1, 0.0)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    _write_jsonl(bare / "history.jsonl", [{"epoch": 0, "train_loss": 1.0}])
+    with pytest.raises(PlotDataError, match="val_acc"):
+        plot_compare([load_run(good), load_run(bare)], tmp_path / "c.png")
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        plot_compare([load_run(good)], tmp_path / "c.png")
+
+
+def test_cli_compares_several_runs_into_out(tmp_path, capsys):
+    a = _result_run(tmp_path, "a", "x", 0.9, 1, 0.0)
+    b = _result_run(tmp_path, "b", "y", 0.8, 1, 0.0)
+    assert main([str(a), str(b), "--out", str(tmp_path / "pics")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "pics" / "compare.png")
+    assert main([str(a), str(b)]) == 2  # where to write must be given
+    assert "needs --out DIR" in capsys.readouterr().err

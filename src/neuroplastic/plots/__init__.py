@@ -7,6 +7,7 @@ Nothing is re-run: every function reads what training wrote (see contract 2 in
 
 from neuroplastic.plots.architecture import plot_architecture
 from neuroplastic.plots.cli import PLOT_NAMES, available_plots, plot_run
+from neuroplastic.plots.compare import plot_compare
 from neuroplastic.plots.lp import plot_lp_hoyer, plot_lp_weights
 from neuroplastic.plots.masks import plot_mask_density
 from neuroplastic.plots.neurons import plot_neuron_map
@@ -19,6 +20,7 @@ __all__ = [
     "available_plots",
     "load_run",
     "plot_architecture",
+    "plot_compare",
     "plot_lp_hoyer",
     "plot_lp_weights",
     "plot_mask_density",

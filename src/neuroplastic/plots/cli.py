@@ -1,4 +1,7 @@
-"""``neuroplastic plot RUN_DIR``: every picture a run folder's records allow, without re-running it."""
+"""``neuroplastic plot RUN_DIR``: every picture a run folder's records allow, without re-running it.
+
+``neuroplastic plot RUN_DIR RUN_DIR ... --out DIR`` compares several runs instead (``DIR/compare.png``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroplastic.plots.architecture import plot_architecture
+from neuroplastic.plots.compare import plot_compare
 from neuroplastic.plots.lp import plot_lp_hoyer, plot_lp_weights
 from neuroplastic.plots.masks import plot_mask_density
 from neuroplastic.plots.neurons import plot_neuron_map
@@ -111,9 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neuroplastic plot",
         description="Draw pictures of a run's plasticity from its run folder (history, events, snapshots).",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `neuroplastic run`")
     parser.add_argument(
-        "--out", metavar="DIR", default=None, help="where to write the pictures (default RUN_DIR/plots)"
+        "run_dir", metavar="RUN_DIR", nargs="+",
+        help="a run folder written by `neuroplastic run`; several: compare them in DIR/compare.png",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default=None,
+        help="where to write the pictures (default RUN_DIR/plots; required when comparing runs)",
     )
     parser.add_argument(
         "--what", type=_parse_what, default=None, metavar="NAMES",
@@ -129,7 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # argparse exits on --help and on usage errors; report the status instead
         return int(stop.code or 0)
     try:
-        written, errors = plot_run(args.run_dir, args.out, args.what)
+        if len(args.run_dir) > 1:
+            if args.out is None or args.what is not None:
+                print(
+                    "neuroplastic plot: error: comparing several runs needs --out DIR and takes no --what "
+                    f"(got --out {args.out!r}, --what {args.what!r})",
+                    file=sys.stderr,
+                )
+                return 2
+            written = [plot_compare([load_run(d) for d in args.run_dir], Path(args.out) / "compare.png")]
+            errors = []
+        else:
+            written, errors = plot_run(args.run_dir[0], args.out, args.what)
     except PlotDataError as err:
         print(f"neuroplastic plot: error: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,82 @@
+"""Several runs side by side: validation accuracy and training loss per epoch on shared axes.
+
+Runs of the same recipe (the same ``name`` in ``recipe.yaml``, e.g. one recipe under several seeds) share
+a colour and one legend entry, which gives how many runs it has and, where the runs wrote
+``results.json``, the mean test accuracy of the model each selected and its live parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+
+from neuroplastic.plots.rundata import PlotDataError, RunData
+from neuroplastic.plots.style import WIDTH_PX, new_figure, save_png
+
+__all__ = ["plot_compare"]
+
+
+def _results(run: RunData) -> list[dict]:
+    """The run's ``results.json`` objects (a list, one per run it holds; empty if the file is absent)."""
+    path = run.path / "results.json"
+    if not path.exists():
+        return []
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise PlotDataError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from err
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise PlotDataError(f"{path} must hold a list of result objects (docs/architecture.md, contract 3)")
+    return results
+
+
+def _legend(name: str, runs: list[RunData]) -> str:
+    results = [r for run in runs for r in _results(run)]
+    tests = [r["test_accuracy"] for r in results if isinstance(r.get("test_accuracy"), int | float)]
+    params = sorted({r["params"] for r in results if isinstance(r.get("params"), int)})
+    parts = [f"{len(runs)} run{'s' if len(runs) > 1 else ''}"]
+    if tests:
+        parts.append(f"test {100 * float(np.mean(tests)):.2f}%" + (" mean" if len(tests) > 1 else ""))
+    if params:
+        span = f"{params[0]:,}" if len(params) == 1 else f"{params[0]:,}-{params[-1]:,}"
+        parts.append(f"{span} params")
+    return f"{name} ({', '.join(parts)})"
+
+
+def plot_compare(
+    runs: list[RunData], out_path: str | Path, *, width_px: int = WIDTH_PX, height_px: int = 480
+) -> Path:
+    """Draw validation accuracy (left) and training loss (right) per epoch of ``runs`` into one PNG.
+
+    Every run must have recorded ``val_acc``; ``train_loss`` is drawn where recorded. Raises
+    :class:`PlotDataError` naming the run that lacks ``val_acc``, and ``ValueError`` for fewer than two runs.
+    """
+    if len(runs) < 2:
+        raise ValueError(f"plot_compare needs at least 2 runs, got {len(runs)}")
+    for run in runs:
+        run.require_fields(["val_acc"], "compare")
+    groups: dict[str, list[RunData]] = {}
+    for run in runs:
+        groups.setdefault(run.name, []).append(run)
+    colours = colormaps["tab10"]
+    fig = new_figure(width_px, height_px)
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for index, (name, members) in enumerate(groups.items()):
+        colour = colours(index % 10)
+        for position, run in enumerate(members):
+            label = _legend(name, members) if position == 0 else None
+            epochs, values = run.series("val_acc")
+            acc_ax.plot(epochs, 100 * np.asarray(values, dtype=float), color=colour, marker="o", ms=3, label=label)
+            if run.has_field("train_loss"):
+                epochs, values = run.series("train_loss")
+                loss_ax.plot(epochs, np.asarray(values, dtype=float), color=colour, marker="o", ms=3)
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+    fig.legend(loc="lower center", ncol=1, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.12 + 0.045 * len(groups), wspace=0.25, top=0.92, left=0.07, right=0.98)
+    return save_png(fig, Path(out_path))
