@@ -34,6 +34,8 @@ def _embed(physical: nn.Module, simulated: nn.Module) -> None:
     channel-major, so the first c channels of conv2 are the first 16*c inputs of fc1."""
     target = simulated.state_dict()
     for key, value in physical.state_dict().items():
+        if key.endswith((".origin", ".closed_epochs")):  # PhysicalNPN's own buffers
+            continue
         target[key][tuple(slice(0, n) for n in value.shape)].copy_(value)
 
 
@@ -165,8 +167,16 @@ def test_state_dict_of_a_smaller_model_loads_by_resizing():
 def test_bad_arguments_raise():
     x, _ = _lenet_input()
     model = get_model("lenet5_caffe")
-    with pytest.raises(ValueError, match="mode='expand'"):
-        PhysicalNPN(model, mode="sparse", example_input=x)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        PhysicalNPN(model, mode="grow", example_input=x)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="remove_after"):
+            PhysicalNPN(model, mode="sparse", remove_after=bad, example_input=x)
+    for bad in (0, 0.5, -0.1, "0.1"):
+        with pytest.raises(ValueError, match="remove_below"):
+            PhysicalNPN(model, mode="sparse", remove_after=2, remove_below=bad, example_input=x)
+    with pytest.raises(ValueError, match="remove_closed"):
+        PhysicalNPN(model, mode="sparse", remove_closed="yes", example_input=x)
     with pytest.raises(ValueError, match="reserve"):
         PhysicalNPN(model, reserve=0, example_input=x, init_active=3)
     with pytest.raises(TypeError, match="example_input"):
