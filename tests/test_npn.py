@@ -238,3 +238,23 @@ def test_per_sample_sampling_needs_per_example_losses():
     assert npn.sites[0].gates.phi.grad.shape == (80,)
     with pytest.raises(ValueError, match="per-example"):
         npn.backward(lambda: nn.functional.cross_entropy(model(x), y))
+
+
+def test_arm_skips_the_antithetic_pass_when_both_gate_samples_agree():
+    model = small_cnn()
+    npn = NPN(model, k=7, stages=None)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+    with torch.no_grad():
+        for site in npn.sites:
+            site.gates.phi.fill_(10.0)  # pi = 1 - 4e-31: 1[u < pi] = 1[u > 1 - pi] = 1 for every u
+            site.gates.phi[0] = -10.0   # and a closed unit: both samples 0
+    calls = []
+    npn.backward(_counting_closure(model, x, y, calls))
+    assert len(calls) == 1
+    assert all(torch.equal(s.gates.phi.grad, torch.zeros_like(s.gates.phi)) for s in npn.sites)
+    with torch.no_grad():
+        npn.sites[1].gates.phi[1] = 0.0  # pi = 1/2: the two samples of this gate always differ
+    model.zero_grad(set_to_none=True)
+    calls = []
+    npn.backward(_counting_closure(model, x, y, calls))
+    assert len(calls) == 2

@@ -53,10 +53,57 @@ class UnitGates(nn.Module):
         self.generator: torch.Generator | None = None
         self.u: torch.Tensor | None = None
         self.value_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._open_key: tuple[int, int] | None = None
+        self._open = False
 
     def prob(self) -> torch.Tensor:
         """Gate probabilities ``pi = g_k(phi)`` (differentiable)."""
         return self.prob_fn(self.phi, self.k)
+
+    def current_phase(self) -> str | None:
+        """The phase the hooks apply now: ``phase`` in training (and always ``"value"``), else
+        ``eval_phase``."""
+        return self.phase if self.training or self.phase == "value" else self.eval_phase
+
+    def binary_per_unit(self) -> bool:
+        """Whether the current gates are 0/1 and shared by the whole batch (one value per unit), so that
+        scaling a layer's weights by them equals scaling its activations, bit for bit."""
+        phase = self.current_phase()
+        if phase in ("main", "anti"):
+            return not self.per_sample
+        return phase in ("open", None)
+
+    def all_open(self) -> bool:
+        """Whether every gate is exactly 1 under the deterministic ``"open"`` phase (the multiply can
+        then be skipped). Cached until ``phi`` changes (its version counter or storage), so frozen
+        stages pay one check per optimizer update of ``phi``, i.e. none."""
+        if self.current_phase() != "open":
+            return False
+        key = (self.phi._version, self.phi.data_ptr())
+        if self._open_key != key:
+            self._open_key, self._open = key, bool((self.phi > 0).all())
+        return self._open
+
+    def unit_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate value of every unit, shape ``(units,)``, or ``(batch, units)`` for per-sample ARM
+        gates; ``x`` is the activation being gated (its batch size and dtype are used)."""
+        phase = self.current_phase()
+        if phase == "value":
+            assert self.value_fn is not None, "phase 'value' needs a value_fn"
+            return self.value_fn(x)
+        if phase == "open":
+            return (self.phi > 0).to(x.dtype)
+        pi = self.prob().detach()
+        if phase == "soft":
+            return pi * (pi >= 0.5).to(pi.dtype)
+        if phase in ("main", "anti"):
+            if self.u is None:
+                shape = (x.shape[0], pi.numel()) if self.per_sample else (pi.numel(),)
+                self.u = torch.rand(shape, generator=self.generator, device=pi.device, dtype=pi.dtype)
+            z = (self.u < pi) if phase == "main" else (self.u > 1 - pi)
+        else:  # stochastic forward outside a method's backward
+            z = torch.rand(pi.shape, device=pi.device) < pi
+        return z.to(x.dtype)
 
     def gate_values(self, x: torch.Tensor, offset: int = 0, repeat: int = 1) -> torch.Tensor:
         """The gate tensor for activation ``x``, shaped to broadcast along the unit dimension.
@@ -64,26 +111,7 @@ class UnitGates(nn.Module):
         Unit ``u`` covers positions ``offset + u * repeat + j`` (``j < repeat``) of that dimension; the
         other positions (other groups after a concatenation) get 1.
         """
-        phase = self.phase if self.training or self.phase == "value" else self.eval_phase
-        if phase == "value":
-            assert self.value_fn is not None, "phase 'value' needs a value_fn"
-            z = self.value_fn(x)
-        elif phase == "open":
-            z = (self.phi > 0).to(x.dtype)
-        elif phase == "soft":
-            pi = self.prob().detach()
-            z = pi * (pi >= 0.5).to(pi.dtype)
-        else:
-            pi = self.prob().detach()
-            if phase in ("main", "anti"):
-                if self.u is None:
-                    shape = (x.shape[0], pi.numel()) if self.per_sample else (pi.numel(),)
-                    self.u = torch.rand(shape, generator=self.generator, device=pi.device, dtype=pi.dtype)
-                z = (self.u < pi) if phase == "main" else (self.u > 1 - pi)
-            else:  # stochastic forward outside a method's backward
-                z = torch.rand(pi.shape, device=pi.device) < pi
-            z = z.to(x.dtype)
-        assert z is not None
+        z = self.unit_values(x)
         if repeat != 1:
             z = z.repeat_interleave(repeat, dim=-1)
         width = x.shape[self.unit_dim % x.dim()]
@@ -224,6 +252,77 @@ def make_group_site(model: nn.Module, group) -> GateSite:
     )
 
 
+def weight_side_tensors(site: GateSite, module: nn.Module) -> list[tuple[str, int]]:
+    """The parameters of ``module`` (the site's only hook point) that batch-shared 0/1 gates can scale
+    instead of the activation, as ``(name, unit dim)``; empty when the activation must be gated.
+
+    Out-gates scale the rows of the layer's weight and its bias, or the affine weight and bias of the
+    BatchNorm that follows; in-gates scale the input columns of the layer's weight. Group sites, hook
+    points at an offset, non-affine BatchNorms and parametrized weights keep the activation path.
+    """
+    if site.side not in SIDES or len(site.hooks) != 1 or site.hooks[0].offset or site.hooks[0].repeat != 1:
+        return []
+    dim = 1 if site.side == "in" else 0
+    names = ["weight"] if site.side == "in" else ["weight", "bias"]
+    params = module._parameters
+    if not isinstance(params.get("weight"), torch.Tensor) or params["weight"].shape[dim] != site.n:
+        return []
+    if any(hasattr(type(module), name) for name in names):  # e.g. torch.nn.utils.parametrize
+        return []
+    return [(name, dim) for name in names if params.get(name) is not None]
+
+
+class _GateHook:
+    """The forward pre-hook and forward hook that apply one site's gates at one hook point.
+
+    When the gates are one 0/1 value per unit shared by the batch and the point allows it
+    (:func:`weight_side_tensors`), the pre-hook scales the module's parameters for this call (the
+    scaled tensors shadow the parameters in the module's ``__dict__``; the forward hook, called even
+    when the forward raises, removes them): ``conv(x, W * z) == conv(x, W) * z`` exactly for binary
+    ``z``, and costs a multiply of the (small) weight instead of the (large) activation. Otherwise the
+    activation is multiplied: the module's input for in-gates, its output for out- and group gates.
+    When every gate is 1 in the deterministic ``"open"`` phase (frozen stages, evaluation) nothing is
+    multiplied at all.
+    """
+
+    def __init__(self, site: GateSite, point: HookPoint, module: nn.Module) -> None:
+        self.gates, self.side, self.offset, self.repeat = site.gates, site.side, point.offset, point.repeat
+        self.tensors = weight_side_tensors(site, module)
+        self.shadowed = False
+
+    def pre(self, module: nn.Module, args: tuple) -> tuple | None:
+        self._unshadow(module)
+        if self.gates.all_open():
+            return None
+        if self.tensors and self.gates.binary_per_unit():
+            z = self.gates.unit_values(args[0])
+            for name, dim in self.tensors:
+                p = module._parameters[name]
+                shape = [1] * p.dim()
+                shape[dim] = -1
+                module.__dict__[name] = p * z.to(p.dtype).view(shape)
+            self.shadowed = True
+            return None
+        if self.side == "in":
+            x = args[0]
+            return (x * self.gates.gate_values(x, self.offset, self.repeat), *args[1:])
+        return None
+
+    def post(self, module: nn.Module, inputs: tuple, out: torch.Tensor | None) -> torch.Tensor | None:
+        if self.shadowed:
+            self._unshadow(module)
+            return None
+        if self.side == "in" or out is None or self.gates.all_open():
+            return None
+        return out * self.gates.gate_values(out, self.offset, self.repeat)
+
+    def _unshadow(self, module: nn.Module) -> None:
+        if self.shadowed:
+            for name, _ in self.tensors:
+                module.__dict__.pop(name, None)
+            self.shadowed = False
+
+
 def attach(model: nn.Module, site: GateSite) -> None:
     """Register the site's gates on its layer and hook the multiply into the forward pass."""
     modules = dict(model.named_modules())
@@ -231,18 +330,19 @@ def attach(model: nn.Module, site: GateSite) -> None:
     if hasattr(modules[site.layer], attr):
         raise ValueError(f"layer {site.layer!r} already carries {attr} gates")
     modules[site.layer].add_module(attr, site.gates)
-    gates = site.gates
     for point in site.hooks:
-        o, r = point.offset, point.repeat
-        if site.side == "in":
-            handle = modules[point.module].register_forward_pre_hook(
-                lambda mod, args, o=o, r=r: (args[0] * gates.gate_values(args[0], o, r), *args[1:])
-            )
-        else:
-            handle = modules[point.module].register_forward_hook(
-                lambda mod, inputs, out, o=o, r=r: out * gates.gate_values(out, o, r)
-            )
-        site.handles.append(handle)
+        module = modules[point.module]
+        hook = _GateHook(site, point, module)
+        site.handles.append(module.register_forward_pre_hook(hook.pre))
+        site.handles.append(module.register_forward_hook(hook.post, always_call=True))
+
+
+def remove_hooks(module: nn.Module, site: GateSite) -> None:
+    """Remove ``site``'s hooks from ``module`` by id (also from a deep copy of the hooked model, where
+    the site's handles no longer point at the module's hook dicts)."""
+    for handle in site.handles:
+        for hooks in (module._forward_pre_hooks, module._forward_hooks, module._forward_hooks_always_called):
+            hooks.pop(handle.id, None)
 
 
 def detach(model: nn.Module, site: GateSite) -> None:

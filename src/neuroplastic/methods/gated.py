@@ -24,6 +24,7 @@ from neuroplastic.gates.sites import (
     detach,
     make_group_site,
     make_site,
+    remove_hooks,
     weighted_layers,
 )
 from neuroplastic.methods.base import CapacityMethod
@@ -176,18 +177,17 @@ class UnitGateMethod(CapacityMethod):
         modules = dict(plain.named_modules())
         for site in self.sites:
             z = self.eval_gate(site)
-            for point, handle in zip(site.hooks, site.handles, strict=True):
+            for point in site.hooks:
                 target = modules[point.module]
+                remove_hooks(target, site)
                 units = slice(point.offset, point.offset + site.n * point.repeat)
                 scale = z.repeat_interleave(point.repeat)
                 if site.side == "in":
                     target.weight[:, units] *= scale.view([1, -1] + [1] * (target.weight.dim() - 2))
-                    target._forward_pre_hooks.pop(handle.id)
                 else:
                     for tensor in (target.weight, target.bias):
                         if tensor is not None:
                             tensor[units] *= scale.view([-1] + [1] * (tensor.dim() - 1))
-                    target._forward_hooks.pop(handle.id)
             delattr(modules[site.layer], f"npn_{site.side}")
         opened = {name: out for name, (_, out) in self.layer_open_masks().items()}
         groups = trace_unit_groups(plain, example_input)

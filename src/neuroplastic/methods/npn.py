@@ -156,7 +156,10 @@ class NPN(UnitGateMethod):
         """Run the gated forward pass(es), back-propagate loss and penalty, write the gate gradients.
 
         In frozen stages gates are the deterministic ``1[phi > 0]``, the gate logits get no gradient
-        (their ``.grad`` stays None so optimizers skip them) and only one pass is made.
+        (their ``.grad`` stays None so optimizers skip them) and only one pass is made. With ARM the
+        antithetic pass is skipped when ``1[u < pi]`` and ``1[u > 1 - pi]`` agree at every gate: the
+        two passes would compute the same loss (for a deterministic forward; with dropout the skipped
+        difference has conditional mean 0), so the estimate is exactly 0.
         """
         if self.schedule.frozen(self.epoch):
             with self._phase("open"):
@@ -170,8 +173,11 @@ class NPN(UnitGateMethod):
             (loss.mean() + self.penalty()).backward()
             u = [s.gates.u for s in self.sites]
             if self.estimator == "arm":
-                with self._phase("anti", keep_u=True), torch.no_grad(), _frozen_norm_stats(self.model):
-                    anti = closure()
+                if self._antithetic_gates_differ(u):
+                    with self._phase("anti", keep_u=True), torch.no_grad(), _frozen_norm_stats(self.model):
+                        anti = closure()
+                else:  # f(z_anti) = f(z_main): the estimate is exactly 0, no need for the second pass
+                    anti = loss
                 logit_grads = [estimators.arm_logit_grad(loss.detach(), anti.detach(), ui) for ui in u]
             else:
                 logit_grads = [estimators.ar_logit_grad(loss.detach(), ui) for ui in u]
@@ -181,6 +187,16 @@ class NPN(UnitGateMethod):
                 grad = _all_reduce_mean(g) * self.gate_fn.logit_slope(phi, self.k)
                 phi.grad = grad if phi.grad is None else phi.grad + grad
         return loss.detach().mean()
+
+    def _antithetic_gates_differ(self, u: list[torch.Tensor | None]) -> bool:
+        """Whether the ARM pair ``1[u < pi]`` and ``1[u > 1 - pi]`` differs at any gate (with saturated
+        gates it often does not, and the antithetic pass would recompute the main pass's loss). Always
+        true with ``sampling="sample"``, where DDP ranks could decide differently."""
+        if self.sampling != "batch" or any(ui is None for ui in u):
+            return True
+        with torch.no_grad():
+            differ = [estimators.antithetic_gates(ui, s.gates.prob()) for ui, s in zip(u, self.sites, strict=True)]
+            return bool(torch.stack([(z1 != z2).any() for z1, z2 in differ]).any())
 
     def _check_loss(self, loss: torch.Tensor) -> None:
         if self.sampling == "batch" and loss.dim() != 0:
