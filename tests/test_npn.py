@@ -258,3 +258,62 @@ def test_arm_skips_the_antithetic_pass_when_both_gate_samples_agree():
     calls = []
     npn.backward(_counting_closure(model, x, y, calls))
     assert len(calls) == 2
+
+
+class _Skip(nn.Module):
+    """A model whose second (gated) layer runs only when asked: a skipped branch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.branch, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.use_branch = True
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        if self.use_branch:
+            h = torch.relu(self.branch(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("estimator", ["arm", "ar"])
+def test_a_gated_layer_skipped_in_a_step_gets_a_zero_gate_gradient(estimator):
+    model = _Skip()
+    npn = NPN(model, k=7, gates=["fc1", "branch"], estimator=estimator)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    model.use_branch = False
+    npn.backward(lambda: nn.functional.cross_entropy(model(x), y))
+    assert torch.equal(model.branch.npn_out.phi.grad, torch.zeros(6))
+    assert model.fc1.npn_out.phi.grad is not None and model.fc1.npn_out.phi.grad.shape == (6,)
+
+
+def test_training_forward_outside_backward_draws_gates_from_the_seeded_generator():
+    outs = []
+    for _ in range(2):
+        model = moons_mlp()
+        NPN(model, k=7, gates=["0"], seed=3)
+        torch.manual_seed(0)
+        global_state = torch.get_rng_state()
+        x = torch.ones(4, 100)
+        with torch.no_grad():
+            outs.append(model(x))  # training mode: a Bernoulli(pi) sample per forward
+        assert torch.equal(torch.get_rng_state(), global_state)  # the global stream is untouched
+        torch.manual_seed(123)  # a different global seed must not change the draw
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_per_sample_gates_refuse_batchnorm_in_training_mode():
+    model = small_cnn()
+    npn = NPN(model, k=7, sampling="sample", stages=(0, 10))
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+
+    def closure():
+        return nn.functional.cross_entropy(model(x), y, reduction="none")
+
+    with pytest.raises(ValueError, match="sampling='sample' cannot be used while a BatchNorm"):
+        npn.backward(closure)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    npn.backward(closure)  # BatchNorm in eval mode: examples are independent again
+    assert model[0].npn_out.phi.grad is not None

@@ -102,7 +102,7 @@ class UnitGates(nn.Module):
                 self.u = torch.rand(shape, generator=self.generator, device=pi.device, dtype=pi.dtype)
             z = (self.u < pi) if phase == "main" else (self.u > 1 - pi)
         else:  # stochastic forward outside a method's backward
-            z = torch.rand(pi.shape, device=pi.device) < pi
+            z = torch.rand(pi.shape, generator=self.generator, device=pi.device, dtype=pi.dtype) < pi
         return z.to(x.dtype)
 
     def gate_values(self, x: torch.Tensor, offset: int = 0, repeat: int = 1) -> torch.Tensor:

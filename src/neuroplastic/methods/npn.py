@@ -178,11 +178,14 @@ class NPN(UnitGateMethod):
                         anti = closure()
                 else:  # f(z_anti) = f(z_main): the estimate is exactly 0, no need for the second pass
                     anti = loss
-                logit_grads = [estimators.arm_logit_grad(loss.detach(), anti.detach(), ui) for ui in u]
+                logit_grads = [None if ui is None else estimators.arm_logit_grad(loss.detach(), anti.detach(), ui)
+                               for ui in u]
             else:
-                logit_grads = [estimators.ar_logit_grad(loss.detach(), ui) for ui in u]
+                logit_grads = [None if ui is None else estimators.ar_logit_grad(loss.detach(), ui) for ui in u]
         with torch.no_grad():
             for site, g in zip(self.sites, logit_grads, strict=True):
+                if g is None:  # the gated layer did not run in this step (a skipped branch): no gradient
+                    g = torch.zeros_like(site.gates.phi)
                 phi = site.gates.phi
                 grad = _all_reduce_mean(g) * self.gate_fn.logit_slope(phi, self.k)
                 phi.grad = grad if phi.grad is None else phi.grad + grad
@@ -199,6 +202,13 @@ class NPN(UnitGateMethod):
             return bool(torch.stack([(z1 != z2).any() for z1, z2 in differ]).any())
 
     def _check_loss(self, loss: torch.Tensor) -> None:
+        if self.sampling == "sample" and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.model.modules()
+        ):
+            raise ValueError(
+                "sampling='sample' cannot be used while a BatchNorm of the model is in training mode: the "
+                "batch statistics couple the examples, so pairing each example's gates with its own loss is "
+                "biased; use sampling='batch' (the paper's setting) or put the BatchNorms in eval mode")
         if self.sampling == "batch" and loss.dim() != 0:
             raise ValueError(f"closure must return a scalar loss with sampling='batch', got shape {tuple(loss.shape)}")
         if self.sampling == "sample" and loss.dim() != 1:
