@@ -97,6 +97,24 @@ def test_rigl_needs_gradients():
         rigl.step()
 
 
+@pytest.mark.parametrize("method", ["rigl", "granet"])
+def test_gradient_growth_refuses_gradients_zeroed_before_the_step(method):
+    """zero_grad() (in place, not to None) before step() would make growth pick the lowest indices."""
+    model = net()
+    opt = sgd(model)
+    if method == "rigl":
+        m = make(RigL, model, opt, density=0.3, update_frequency=1)
+    else:
+        m = make(GraNet, model, opt, final_density=0.3, init_density=0.5, update_frequency=1)
+    x, y = DATA[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+    with pytest.raises(RuntimeError, match="all zero at this update"):
+        for _ in range(3):
+            m.step()
+
+
 @pytest.mark.parametrize("distribution", ["global", "layerwise"])
 @pytest.mark.parametrize("cls", [GMP, GraNet])
 def test_gradual_pruning_hits_final_density_exactly(cls, distribution):

@@ -240,8 +240,12 @@ def test_needs_lpcgd_and_gradients():
         LpSS(net, LpCGD(net.parameters(), lr=0.1), target_sparsity=0.5, epochs=1, steps_per_epoch=10)
     opt = LpCGD.for_model(net, lr=0.1, p_first=1.3)
     lpss = LpSS(net, opt, target_sparsity=0.5, epochs=1, steps_per_epoch=10, begin=0.0)
-    with pytest.raises(RuntimeError, match="needs the gradient"):
+    with pytest.raises(RuntimeError, match="which has none"):
         lpss.step()  # step 0 is an update step, and no backward has run
+    for p in net.parameters():  # a loop that zeroes gradients in place before the method's step
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(RuntimeError, match="all zero at this update"):
+        lpss.step()
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,13 @@
 
 from neuroplastic.masks.density import DISTRIBUTIONS, er, erk, kept_count, layer_densities, random_masks, uniform
 from neuroplastic.masks.engine import MaskEngine, unwrap
-from neuroplastic.masks.rules import drop_by_magnitude, global_magnitude_masks, grow_by_score, grow_random
+from neuroplastic.masks.rules import (
+    dense_gradients,
+    drop_by_magnitude,
+    global_magnitude_masks,
+    grow_by_score,
+    grow_random,
+)
 from neuroplastic.masks.schedules import Constant, CosineDecay, CubicDensity
 
 __all__ = [
@@ -11,6 +17,7 @@ __all__ = [
     "CosineDecay",
     "CubicDensity",
     "MaskEngine",
+    "dense_gradients",
     "drop_by_magnitude",
     "er",
     "erk",

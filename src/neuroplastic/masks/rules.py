@@ -38,6 +38,24 @@ def drop_by_magnitude(weight: torch.Tensor, mask: torch.Tensor, n: int) -> torch
     return new.view_as(mask)
 
 
+def dense_gradients(weights: Mapping[str, torch.Tensor], who: str) -> dict[str, torch.Tensor]:
+    """The dense gradients of the masked layers' weights that a gradient-based growth scores with.
+
+    Raises when a layer has none (``step()`` called after ``zero_grad()``), and when every layer's is
+    all zero: a loop that zeroes gradients in place before the method's step would otherwise make every
+    growth pick the lowest-index inactive positions, silently.
+    """
+    for name, weight in weights.items():
+        if weight.grad is None:
+            raise RuntimeError(f"{who} grows by the gradient of {name!r}, which has none: call step() after "
+                               "backward() and optimizer.step(), before the next zero_grad()")
+    grads = {name: weight.grad for name, weight in weights.items()}
+    if grads and not any(bool(g.any()) for g in grads.values()):
+        raise RuntimeError(f"{who} grows by the gradients of the masked layers, which are all zero at this update: "
+                           "was zero_grad() called before step()? Call step() right after optimizer.step()")
+    return grads
+
+
 def grow_by_score(score: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
     """Activate the ``n`` *inactive* entries of highest ``score`` (ties: lower flat index first).
 

@@ -35,6 +35,7 @@ from neuroplastic.masks import (
     CosineDecay,
     CubicDensity,
     MaskEngine,
+    dense_gradients,
     drop_by_magnitude,
     global_magnitude_masks,
     grow_by_score,
@@ -90,6 +91,8 @@ class MaskMethod(CapacityMethod):
     """
 
     name = "mask"
+    #: growth scores the dense gradient (RigL, GraNet): drop_and_grow checks that there is one
+    grows_by_gradient = False
 
     def __init__(
         self,
@@ -156,6 +159,8 @@ class MaskMethod(CapacityMethod):
 
     def drop_and_grow(self, fraction: float) -> int:
         """In every layer drop ``ceil(fraction * nnz)`` smallest-|w| weights and grow as many (exact)."""
+        if self.grows_by_gradient:
+            dense_gradients({name: self.engine.weight(name) for name in self.engine.masks}, self.name)
         moved = 0
         for name, mask in self.engine.masks.items():
             n = _drop_count(fraction, int(mask.sum()))
@@ -369,15 +374,10 @@ class RigL(SET):
     """RigL: SET with growth at the inactive positions of largest dense-gradient magnitude."""
 
     name = "rigl"
+    grows_by_gradient = True
 
     def grow(self, name: str, mask: torch.Tensor, n: int) -> torch.Tensor:
-        return grow_by_score(_dense_grad(self.engine.weight(name), self.name), mask, n)
-
-
-def _dense_grad(weight: torch.Tensor, who: str) -> torch.Tensor:
-    if weight.grad is None:
-        raise RuntimeError(f"{who} grows by the gradient: call step() after backward() and before zero_grad()")
-    return weight.grad.abs()
+        return grow_by_score(self.engine.weight(name).grad.abs(), mask, n)
 
 
 class GMP(MaskMethod):
@@ -471,6 +471,7 @@ class GraNet(GMP):
     """
 
     name = "granet"
+    grows_by_gradient = True
 
     def __init__(
         self,
@@ -495,7 +496,7 @@ class GraNet(GMP):
             self._event("drop_and_grow", moved=self.drop_and_grow(fraction), prune_rate=fraction)
 
     def grow(self, name: str, mask: torch.Tensor, n: int) -> torch.Tensor:
-        return grow_by_score(_dense_grad(self.engine.weight(name), self.name), mask, n)
+        return grow_by_score(self.engine.weight(name).grad.abs(), mask, n)
 
 
 #: recipe names of the methods (the runner looks them up here)

@@ -49,7 +49,16 @@ from torch import nn
 from neuroplastic.lp.geometry import layer_hoyer, mass_support, net_hoyer
 from neuroplastic.lp.lpcgd import LpCGD
 from neuroplastic.lp.topology import GROW_SCORES, GrowController, adapted_threshold, growth_score, threshold_drop
-from neuroplastic.masks import Constant, CosineDecay, CubicDensity, MaskEngine, grow_by_score, random_masks, uniform
+from neuroplastic.masks import (
+    Constant,
+    CosineDecay,
+    CubicDensity,
+    MaskEngine,
+    dense_gradients,
+    grow_by_score,
+    random_masks,
+    uniform,
+)
 from neuroplastic.masks.engine import unwrap
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import count_weights, layer_flops
@@ -245,13 +254,9 @@ class LpSS(CapacityMethod):
         h = self.drop_schedule(self.steps - self.begin_step)
         self.controller.target = self.current_target()
         sparsity_before = 1.0 - self.engine.density()
+        dense_gradients({name: self.engine.weight(name) for name in self.engine.masks}, "LpSS")  # present, not all 0
         keeps = {}
         for name, mask in self.engine.masks.items():
-            if self.engine.weight(name).grad is None:
-                raise RuntimeError(
-                    f"LpSS needs the gradient of {name!r} at a topology update: call lpss.step() after "
-                    "optimizer.step() and before the next zero_grad()"
-                )
             keeps[name] = threshold_drop(self.engine.weight(name), mask, h)
         n_drops = {name: int((mask & ~keeps[name]).sum()) for name, mask in self.engine.masks.items()}
         total = sum(self.engine.numel().values())
