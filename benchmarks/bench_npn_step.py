@@ -9,7 +9,8 @@ from the same repeat, so slow drifts of a shared machine cancel; the ratio of th
 printed too (less sensitive to other jobs on the machine).
 
 Configurations: *plain* (no gates), *frozen* (stages 1 and 3: deterministic gates ``1[phi > 0]``),
-*plastic ARM* (two passes), *plastic AR* (one pass). The breakdown rows time the parts of a step alone
+*plastic ARM* (two passes), *plastic ARM, anti 1/4* (``anti_fraction=0.25``: both ARM terms on a
+random quarter of the batch), *plastic AR* (one pass). The breakdown rows time the parts of a step alone
 (same repeats): a no-grad forward of the plain model (what the antithetic pass costs at most), the
 penalty forward + backward, gate sampling (``u`` and ``pi`` for every site) and the phi-gradient write,
 and the gated forward + backward minus the plain one (the cost of applying the gates).
@@ -51,7 +52,12 @@ def build(
 
 
 def step_fn(model: nn.Module, npn: NPN | None, opt: torch.optim.Optimizer, x, y) -> Callable[[], None]:
-    def closure():
+    indexed = npn is not None and npn.closure_kind == "indexed"
+
+    def closure(index=None):
+        if indexed:  # per-example losses of the examples at index (all when None), as fit builds it
+            xi, yi = (x, y) if index is None else (x[index], y[index])
+            return nn.functional.cross_entropy(model(xi), yi, reduction="none")
         return nn.functional.cross_entropy(model(x), y)
 
     def step() -> None:
@@ -114,12 +120,13 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch,), generator=gen)
 
     configs = {
-        "plain": (None, 0),
-        "NPN frozen (stage 1/3)": ("arm", 0),
-        "NPN plastic ARM": ("arm", STAGES[0]),
-        "NPN plastic AR": ("ar", STAGES[0]),
+        "plain": (None, 0, {}),
+        "NPN frozen (stage 1/3)": ("arm", 0, {}),
+        "NPN plastic ARM": ("arm", STAGES[0], {}),
+        "NPN plastic ARM, anti 1/4": ("arm", STAGES[0], {"anti_fraction": 0.25}),
+        "NPN plastic AR": ("ar", STAGES[0], {}),
     }
-    steps = {name: step_fn(*build(est, epoch), x, y) for name, (est, epoch) in configs.items()}
+    steps = {name: step_fn(*build(est, epoch, **opts), x, y) for name, (est, epoch, opts) in configs.items()}
     pieces = parts(x, y)
     timed = {**steps, **pieces}
     times: dict[str, list[float]] = {k: [] for k in timed}

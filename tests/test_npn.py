@@ -317,3 +317,63 @@ def test_per_sample_gates_refuse_batchnorm_in_training_mode():
             m.eval()
     npn.backward(closure)  # BatchNorm in eval mode: examples are independent again
     assert model[0].npn_out.phi.grad is not None
+
+
+def test_anti_fraction_gate_gradient_is_unbiased_against_enumeration():
+    """Both ARM terms on a random half of the batch: still the exact gradient in expectation."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2))
+    npn = NPN(model, k=2.0, gates={"0": "in", "2": "in"}, anti_fraction=0.5, seed=5)
+    assert npn.closure_kind == "indexed"
+    with torch.no_grad():
+        npn.sites[0].gates.phi.copy_(torch.tensor([0.3, -0.4, 0.1]))
+        npn.sites[1].gates.phi.copy_(torch.tensor([0.2, -0.1]))
+    x, y = torch.randn(6, 3) * 2, torch.randint(0, 2, (6,))
+    exact = torch.cat(_exact_gate_grad(model, npn.sites, x, y, 2.0))
+    sizes = []
+
+    def closure(index=None):
+        xi, yi = (x, y) if index is None else (x[index], y[index])
+        sizes.append(len(yi))
+        return nn.functional.cross_entropy(model(xi), yi, reduction="none")
+
+    draws = []
+    for _ in range(2500):
+        model.zero_grad(set_to_none=True)
+        npn.backward(closure)
+        draws.append(torch.cat([s.gates.phi.grad for s in npn.sites]))
+    assert set(sizes) == {6, 3}  # the main pass on the batch, the antithetic pass on half of it
+    draws = torch.stack(draws)
+    mean, err = draws.mean(0), draws.std(0) / len(draws) ** 0.5
+    assert torch.all((mean - exact).abs() < 5 * err + 1e-4), (mean, exact, err)
+
+
+def test_anti_fraction_options_and_closure_contract():
+    with pytest.raises(ValueError, match="anti_fraction must be"):
+        NPN(moons_mlp(), anti_fraction=0)
+    with pytest.raises(ValueError, match="estimator='arm'"):
+        NPN(moons_mlp(), anti_fraction=0.5, estimator="ar")
+    model = moons_mlp()
+    npn = NPN(model, k=7, anti_fraction=0.25, stages=None)
+    x, y = torch.randn(8, 100), torch.randint(0, 2, (8,))
+    with pytest.raises(ValueError, match="per-example losses with anti_fraction"):
+        npn.backward(lambda index=None: nn.functional.cross_entropy(model(x), y))
+    cnn = small_cnn()
+    npn = NPN(cnn, k=7, anti_fraction=0.5, stages=None)
+    with pytest.raises(ValueError, match="anti_fraction < 1 cannot be used while a BatchNorm"):
+        npn.backward(lambda index=None: nn.functional.cross_entropy(cnn(torch.randn(4, 1, 8, 8)),
+                                                                    torch.zeros(4, dtype=torch.long), reduction="none"))
+
+
+def test_fit_drives_an_indexed_closure(tmp_path):
+    from neuroplastic.train import fit
+
+    model = moons_mlp()
+    npn = NPN(model, k=7, lam=1e-3, anti_fraction=0.5, stages=(1, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 100, generator=g), torch.randint(0, 2, (16,), generator=g)) for _ in range(4)]
+    res = fit(model, npn, [opt], [], {"train": data, "val": data[:1]}, epochs=4, run_dir=tmp_path, progress=False,
+              tensorboard=False)
+    assert len(res.history) == 4 and all(r["train_loss"] > 0 for r in res.history)
+    assert npn.sites[0].gates.phi.grad is None  # hardening: frozen gates get no gradient

@@ -32,6 +32,10 @@ class CapacityMethod:
 
     #: short name used in results files and logs (``"npn"``, ``"rigl"``, ...)
     name: str = "method"
+    #: what :meth:`backward`'s closure must return: ``"mean"`` (the mean loss of the batch),
+    #: ``"per_example"`` (one loss per example) or ``"indexed"`` (``closure(index=None)``: per-example losses
+    #: of the examples at ``index``, all of them when None); :func:`neuroplastic.train.fit` follows it
+    closure_kind: str = "mean"
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):

@@ -66,6 +66,13 @@ class NPN(UnitGateMethod):
         ``pi`` where ``pi >= 0.5``).
     fill : ``k*phi`` given to a unit opened by expansion (the reference uses 0.1, 0 or 3 per script).
     expand_step : hibernating units opened per layer per expansion event.
+    anti_fraction : ARM only (an extension; 1 = the paper): evaluate both ARM terms on a random
+        ``anti_fraction`` of the batch, drawn from the method's generator independently of ``u``. Still
+        unbiased (a random subset's mean loss is unbiased for the batch's), cheaper (the antithetic pass
+        and a no-grad main pass on the subset replace a full antithetic pass), noisier. The closure must
+        then take an optional index tensor and return per-example losses of those examples
+        (``closure_kind == "indexed"``; :func:`neuroplastic.train.fit` builds such closures); refused
+        while a BatchNorm is in training mode (batch statistics couple the examples).
     seed : seed of the generator that draws ``u`` (identical on every DDP rank by construction).
     """
 
@@ -91,6 +98,7 @@ class NPN(UnitGateMethod):
         test_gate: str = "binary",
         fill: float = OPEN_LOGIT,
         expand_step: int = 1,
+        anti_fraction: float = 1.0,
         seed: int = 0,
     ) -> None:
         super().__init__(model, lam, gates, include, exclude, example_input)
@@ -104,6 +112,12 @@ class NPN(UnitGateMethod):
             raise ValueError(f"test_gate must be one of {TEST_GATES}, got {test_gate!r}")
         if expand_step < 1:
             raise ValueError(f"expand_step must be >= 1, got {expand_step}")
+        if isinstance(anti_fraction, bool) or not isinstance(anti_fraction, (int, float)) or not 0 < anti_fraction <= 1:
+            raise ValueError(f"anti_fraction must be a fraction of the batch in (0, 1], got {anti_fraction!r}")
+        if anti_fraction < 1 and (estimator != "arm" or sampling != "batch"):
+            raise ValueError(f"anti_fraction < 1 needs estimator='arm' and sampling='batch', got "
+                             f"estimator={estimator!r}, sampling={sampling!r}")
+        self.anti_fraction = float(anti_fraction)
         self.mode = mode
         self.schedule = StageSchedule(k, stages, k_frozen)
         self.gate_fn = gate_function(gate)
@@ -152,6 +166,15 @@ class NPN(UnitGateMethod):
             site.gates.k = self.k
 
     # -- the training step ----------------------------------------------------------------------
+    @property
+    def closure_kind(self) -> str:
+        """What :meth:`backward`'s closure returns: ``"mean"`` (the mean loss), ``"per_example"`` (one
+        loss per example: ``sampling="sample"``) or ``"indexed"`` (``closure(index=None)``: per-example
+        losses of the examples in ``index``, all when None: ``anti_fraction < 1``)."""
+        if self.anti_fraction < 1:
+            return "indexed"
+        return "per_example" if self.sampling == "sample" else "mean"
+
     def backward(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run the gated forward pass(es), back-propagate loss and penalty, write the gate gradients.
 
@@ -173,12 +196,20 @@ class NPN(UnitGateMethod):
             (loss.mean() + self.penalty()).backward()
             u = [s.gates.u for s in self.sites]
             if self.estimator == "arm":
-                if self._antithetic_gates_differ(u):
+                main = loss.detach()
+                if not self._antithetic_gates_differ(u):  # f(z_anti) = f(z_main): the estimate is exactly 0
+                    anti = main
+                elif self.anti_fraction < 1:  # both terms on a random sub-batch, independent of u
+                    n = main.shape[0]
+                    index = torch.randperm(n, generator=self.generator, device=self.generator.device)
+                    index = index[: max(1, round(self.anti_fraction * n))].to(main.device)
+                    main = main[index].mean()
+                    with self._phase("anti", keep_u=True), torch.no_grad():
+                        anti = closure(index).mean()
+                else:
                     with self._phase("anti", keep_u=True), torch.no_grad(), _frozen_norm_stats(self.model):
                         anti = closure()
-                else:  # f(z_anti) = f(z_main): the estimate is exactly 0, no need for the second pass
-                    anti = loss
-                logit_grads = [None if ui is None else estimators.arm_logit_grad(loss.detach(), anti.detach(), ui)
+                logit_grads = [None if ui is None else estimators.arm_logit_grad(main, anti.detach(), ui)
                                for ui in u]
             else:
                 logit_grads = [None if ui is None else estimators.ar_logit_grad(loss.detach(), ui) for ui in u]
@@ -202,17 +233,20 @@ class NPN(UnitGateMethod):
             return bool(torch.stack([(z1 != z2).any() for z1, z2 in differ]).any())
 
     def _check_loss(self, loss: torch.Tensor) -> None:
-        if self.sampling == "sample" and any(
+        if (self.sampling == "sample" or self.anti_fraction < 1) and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.model.modules()
         ):
+            what = "sampling='sample'" if self.sampling == "sample" else "anti_fraction < 1"
             raise ValueError(
-                "sampling='sample' cannot be used while a BatchNorm of the model is in training mode: the "
-                "batch statistics couple the examples, so pairing each example's gates with its own loss is "
-                "biased; use sampling='batch' (the paper's setting) or put the BatchNorms in eval mode")
-        if self.sampling == "batch" and loss.dim() != 0:
+                f"{what} cannot be used while a BatchNorm of the model is in training mode: the batch "
+                "statistics couple the examples, so per-example (or sub-batch) losses are biased; use "
+                "sampling='batch' and anti_fraction=1 (the paper's setting) or put the BatchNorms in eval mode")
+        kind = self.closure_kind
+        if kind == "mean" and loss.dim() != 0:
             raise ValueError(f"closure must return a scalar loss with sampling='batch', got shape {tuple(loss.shape)}")
-        if self.sampling == "sample" and loss.dim() != 1:
-            raise ValueError(f"closure must return per-example losses with sampling='sample', got {tuple(loss.shape)}")
+        if kind != "mean" and loss.dim() != 1:
+            why = "sampling='sample'" if kind == "per_example" else "anti_fraction < 1"
+            raise ValueError(f"closure must return per-example losses with {why}, got shape {tuple(loss.shape)}")
 
     @contextmanager
     def _phase(self, phase: str, keep_u: bool = False):

@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, loader: Any, criterion: Callable | None = None) -
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
-            total_loss += criterion(out, y).double() * len(y)
+            total_loss += criterion(out, y).double().mean() * len(y)  # a per-example criterion works too
             correct += (out.argmax(1) == y).sum()
             n += len(y)
     finally:
@@ -103,6 +103,10 @@ def fit(
         optimizer step, as :func:`neuroplastic.train.optim.build_schedule` makes them) right after.
     loaders
         ``{"train": ..., "val": ..., "test": ...}``; ``test`` is optional and is never used for selection.
+    criterion
+        ``criterion(output, target)``; default cross-entropy. The training closure follows the method's
+        ``closure_kind``: for ``"per_example"`` / ``"indexed"`` methods (NPN with ``sampling="sample"`` or
+        ``anti_fraction < 1``) the default is unreduced and a given criterion must return per-example losses.
     selection
         ``"best_val"``: the epoch with the highest validation accuracy (ties: lower validation loss,
         then the earlier epoch) among epochs ``>= select_after``; ``"last"``: the final epoch.
@@ -128,6 +132,10 @@ def fit(
     for key in ("train", "val"):
         if key not in loaders:
             raise ValueError(f"loaders needs a {key!r} entry, got {sorted(loaders)}")
+    kind = getattr(method, "closure_kind", "mean")
+    # methods whose closure returns per-example losses (NPN's sampling="sample", anti_fraction < 1) train
+    # with an unreduced loss; a criterion given by the caller must then return per-example losses itself
+    train_criterion = criterion or (nn.CrossEntropyLoss() if kind == "mean" else nn.CrossEntropyLoss(reduction="none"))
     criterion = criterion or nn.CrossEntropyLoss()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +159,7 @@ def fit(
             t0 = time.perf_counter()
             lrs = [group["lr"] for opt in optimizers for group in opt.param_groups]
             train_loss, train_acc, state["step"] = _train_epoch(
-                model, method, optimizers, schedules, loaders["train"], criterion, epoch, epochs, state["step"],
+                model, method, optimizers, schedules, loaders["train"], train_criterion, epoch, epochs, state["step"],
                 progress,
             )
             val_loss, val_acc = evaluate(model, loaders["val"], criterion)
@@ -210,7 +218,9 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         captured: dict[str, torch.Tensor] = {}
 
-        def closure(x=x, y=y, captured=captured) -> torch.Tensor:
+        def closure(index=None, x=x, y=y, captured=captured) -> torch.Tensor:
+            if index is not None:  # a sub-batch (closure_kind "indexed"): NPN's anti_fraction
+                return criterion(model(x[index]), y[index])
             out = model(x)
             captured.setdefault("out", out.detach())  # the first pass is the one that trains (NPN: ARM pass 1)
             return criterion(out, y)
