@@ -13,6 +13,7 @@ called, so their shuffling order survives a resume.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,11 @@ def fit(
         0 disables snapshots.
     resume
         Continue from ``run_dir/checkpoint.pt`` (a fresh start when there is none yet).
+
+    A method with an ``expand_every`` attribute that is not None (NPN's step-wise expansion) gets
+    ``method.check_expansion(val_loss)`` after every ``expand_every``-th training step (counted over
+    the whole run), with the mean loss over the first ``method.expand_val_batches`` validation batches
+    (all when None); its events are logged with that step.
     callbacks
         Functions ``f(epoch, record)`` called after each epoch's history record is written (e.g. to draw
         pictures or drive a progress display); they must not change the model.
@@ -145,17 +151,18 @@ def fit(
             f.write_text("")  # the contract's files exist from the start, empty
 
     writer = ScalarWriter(run_dir / "tensorboard", enabled=tensorboard)
+    check = _expansion_check(model, method, loaders["val"], criterion)
     history, events = state["history"], state["events"]
     try:
         for epoch in range(state["epoch"] + 1, epochs):
             t0 = time.perf_counter()
             lrs = [group["lr"] for opt in optimizers for group in opt.param_groups]
-            train_loss, train_acc, state["step"] = _train_epoch(
+            train_loss, train_acc, state["step"], new_events = _train_epoch(
                 model, method, optimizers, schedules, loaders["train"], criterion, epoch, epochs, state["step"],
-                progress,
+                progress, check,
             )
             val_loss, val_acc = evaluate(model, loaders["val"], criterion)
-            new_events = method.end_epoch(val_loss=val_loss) or []
+            new_events += method.end_epoch(val_loss=val_loss) or []
             seconds = time.perf_counter() - t0
             state["wall"] += seconds
             record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
@@ -193,8 +200,30 @@ def fit(
                      wall_seconds=state["wall"], events=events)
 
 
-def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch, epochs, step, progress):
-    """One pass over ``loader``; returns (mean loss, accuracy, global step after the epoch)."""
+def _expansion_check(model: nn.Module, method: CapacityMethod, val_loader: Any,
+                     criterion: Callable) -> Callable[[int], list[dict[str, Any]]] | None:
+    """For a method with ``expand_every``: a function of the global step that runs its expansion
+    check every ``expand_every`` steps and returns the events (each with its ``step``); else None."""
+    every = getattr(method, "expand_every", None)
+    if every is None:
+        return None
+    n_batches = getattr(method, "expand_val_batches", None)
+
+    def check(step: int) -> list[dict[str, Any]]:
+        if step % every:
+            return []
+        batches = val_loader if n_batches is None else itertools.islice(val_loader, n_batches)
+        val_loss, _ = evaluate(model, batches, criterion)
+        return [{"step": step, **event} for event in method.check_expansion(val_loss)]
+
+    return check
+
+
+def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch, epochs, step, progress,
+                 check=None):
+    """One pass over ``loader``; returns (mean loss, accuracy, global step after the epoch, the events
+    of the step-wise expansion checks ``check(step)``)."""
+    events: list[dict[str, Any]] = []
     method.set_epoch(epoch)
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
@@ -224,6 +253,8 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
             schedule.step()
         method.step()
         step += 1
+        if check is not None:
+            events += check(step)
         loss_sum += loss.detach().double() * len(y)
         correct += (captured["out"].argmax(1) == y).sum()
         n += len(y)
@@ -232,7 +263,7 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
     bar.close()
     if n == 0:
         raise ValueError("the training loader yielded no batches")
-    return float(loss_sum) / n, int(correct) / n, step
+    return float(loss_sum) / n, int(correct) / n, step, events
 
 
 def _postfix(loss: float, acc: float, arch: dict[str, Any]) -> dict[str, Any]:
