@@ -4,8 +4,7 @@ the ARM/AR gradient estimators and the k stage scheduler, for sparsifying or exp
 Usage (see docs/npn.md)::
 
     npn = NPN(model, mode="sparse", k=7, lam=0.1 / len(train_set), stages=(100, 350))
-    weights, gates = split_param_groups(model)
-    optimizer = torch.optim.Adam([{"params": weights}, {"params": gates}], lr=1e-3)
+    optimizer = npn_optimizer(model, lr=1e-3, gate_lr=1e-2)  # gate logits at their own, larger lr
     for epoch in range(epochs):
         npn.set_epoch(epoch)
         for x, y in loader:

@@ -242,8 +242,9 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     arch = method.architecture() if progress else {}
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, dynamic_ncols=True)
-    for i, (x, y) in enumerate(bar):
+    # no bar object at all without progress: creating one per epoch costs more than a tiny model's epoch
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True) if progress else None
+    for i, (x, y) in enumerate(bar if bar is not None else loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         captured: dict[str, torch.Tensor] = {}
 
@@ -268,7 +269,8 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
         n += len(y)
         if progress and (i % 20 == 0 or i == len(loader) - 1):
             bar.set_postfix(_postfix(float(loss_sum) / n, int(correct) / n, arch), refresh=False)
-    bar.close()
+    if bar is not None:
+        bar.close()
     if n == 0:
         raise ValueError("the training loader yielded no batches")
     return float(loss_sum) / n, int(correct) / n, step, events
