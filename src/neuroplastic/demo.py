@@ -1,4 +1,4 @@
-"""``neuroplastic demo``: the NPN paper's moons experiment, sparsify and expand, in well under a minute.
+"""``neuroplastic demo``: the NPN paper's moons experiment, sparsify and expand, in about half a minute of CPU time.
 
 Both shipped recipes (``npn-moons-sparse``, ``npn-moons-expand``) run through the same recipe runner
 as every other experiment. While they train, the decision boundary is recorded every few epochs; at the
