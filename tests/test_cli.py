@@ -26,7 +26,8 @@ def test_recipes_lists_every_shipped_recipe_with_its_description(capsys):
     assert len(lines) == len(shipped_recipes()) >= 9
     for name in ("npn-mnist-lenet5-sparse", "npn-mnist-lenet5-expand", "npn-cifar10-resnet56-sparse",
                  "npn-cifar10-resnet56-expand", "npn-cifar100-resnet56-sparse", "npn-cifar100-resnet56-expand",
-                 "npn-moons-sparse", "npn-moons-expand", "dense-mnist-lenet5"):
+                 "npn-moons-sparse", "npn-moons-expand", "npn-moons-vat-sparse", "npn-moons-vat-expand",
+                 "dense-mnist-lenet5"):
         line = next(s for s in lines if s.split()[0] == name)
         assert len(line.split(None, 1)[1]) > 20  # a description follows the name
     code, out, _ = _main(capsys, "recipes", "npn-mnist-lenet5-sparse")

@@ -111,3 +111,20 @@ def test_plain_method_and_bad_arguments(tmp_path):
         fit(model, CapacityMethod(model), opts, scheds, {"train": loaders["train"]}, epochs=1, run_dir=tmp_path)
     res = fit(model, CapacityMethod(model), opts, scheds, loaders, epochs=2, run_dir=tmp_path, progress=False)
     assert res.test_accuracy is not None and not (tmp_path / "snapshots").exists()  # nothing to snapshot
+
+
+def test_checkpoint_every_resumes_from_the_last_written_checkpoint(tmp_path):
+    model_a, res_a = _run(tmp_path / "a")
+    # checkpoints after epochs 1 and 3 (and the last); killed in epoch 3: the checkpoint holds epochs 0-1
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", kill_at_step=3 * 4 + 2, checkpoint_every=2)
+    assert len((tmp_path / "b" / "history.jsonl").read_text().splitlines()) == 3
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    model_b, res_b = _run(tmp_path / "b", resume=True, checkpoint_every=2)
+    for (name, pa), pb in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert _strip(res_a.history) == _strip(res_b.history)
+    on_disk = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert _strip(on_disk) == _strip(res_a.history)
+    with pytest.raises(ValueError, match="checkpoint_every must be"):
+        _run(tmp_path / "c", checkpoint_every=0)

@@ -10,7 +10,7 @@ from neuroplastic.lp import LpCGD
 from neuroplastic.masks import MaskEngine
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.methods.dst import GMP, SET, GraNet, RigL, Static
-from neuroplastic.methods.gated import split_param_groups
+from neuroplastic.methods.gated import npn_optimizer, split_param_groups
 from neuroplastic.methods.hard_concrete import HardConcrete
 from neuroplastic.methods.lpss import LpSS
 from neuroplastic.methods.npn import NPN
@@ -52,6 +52,7 @@ __all__ = [
     "list_models",
     "load_compact",
     "load_dataset",
+    "npn_optimizer",
     "save_compact",
     "select_units",
     "split_param_groups",

@@ -38,6 +38,34 @@ def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
     return [p for p in params if id(p) not in gate_ids], [p for p in params if id(p) in gate_ids]
 
 
+def npn_optimizer(
+    model: nn.Module,
+    lr: float = 1e-3,
+    gate_lr: float = 1e-2,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+    **options: Any,
+) -> torch.optim.Optimizer:
+    """One optimizer for a gated model (NPN, HardConcrete): weights at ``lr``, gate logits in their own
+    parameter group at ``gate_lr``.
+
+    Gate logits need a larger step than weights: at Adam 1e-3 NPN's logits hardly move in a short
+    plastic stage, so nothing is pruned (docs/npn.md). ``options`` (e.g. ``weight_decay``, ``momentum``)
+    go to the optimizer for the weights' group only; the gate group gets none (no decay on logits).
+    Build it after the method has attached its gates.
+    """
+    for key, value in (("lr", lr), ("gate_lr", gate_lr)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"npn_optimizer: {key} must be a positive number, got {value!r}")
+    weights, gates = split_param_groups(model)
+    if not gates:
+        raise ValueError("npn_optimizer: the model has no gate logits; attach the method (e.g. NPN(model, ...)) "
+                         "before building the optimizer")
+    gate_group: dict[str, Any] = {"params": gates, "lr": gate_lr}
+    if "weight_decay" in options:
+        gate_group["weight_decay"] = 0.0
+    return optimizer([{"params": weights, **options}, gate_group], lr=lr)
+
+
 class UnitGateMethod(CapacityMethod):
     """Base class: gates placed on ``model`` (see :class:`~neuroplastic.methods.npn.NPN` for the
     meaning of ``gates``, ``include``, ``exclude`` and ``lam``)."""

@@ -4,8 +4,7 @@ the ARM/AR gradient estimators and the k stage scheduler, for sparsifying or exp
 Usage (see docs/npn.md)::
 
     npn = NPN(model, mode="sparse", k=7, lam=0.1 / len(train_set), stages=(100, 350))
-    weights, gates = split_param_groups(model)
-    optimizer = torch.optim.Adam([{"params": weights}, {"params": gates}], lr=1e-3)
+    optimizer = npn_optimizer(model, lr=1e-3, gate_lr=1e-2)  # gate logits at their own, larger lr
     for epoch in range(epochs):
         npn.set_epoch(epoch)
         for x, y in loader:
@@ -33,6 +32,7 @@ from neuroplastic.methods.gated import UnitGateMethod, split_param_groups  # noq
 MODES = ("sparse", "expand")
 TEST_GATES = ("binary", "soft_reference")
 SAMPLING = ("batch", "sample")
+EXPAND_TRIGGERS = ("val_loss", "regularized")
 OPEN_LOGIT = 3.0  # k * phi of an open unit at construction: pi = sigmoid(3) = 0.95
 HIBERNATING_LOGIT = -40.0  # k * phi of a hibernating unit
 
@@ -64,8 +64,21 @@ class NPN(UnitGateMethod):
         gate per example; the closure must then return per-example losses).
     test_gate : ``"binary"`` (``phi > 0`` open, default) or ``"soft_reference"`` (the reference code's
         ``pi`` where ``pi >= 0.5``).
-    fill : ``k*phi`` given to a unit opened by expansion (the reference uses 0.1, 0 or 3 per script).
-    expand_step : hibernating units opened per layer per expansion event.
+    fill : ``k*phi`` given to a unit opened by expansion (the reference uses 0.1, 0 or 3 per script;
+        must be >= 0). An allocated unit counts as open for the expansion test while ``phi >= 0``
+        (``pi >= 0.5``, the reference's test), so a unit opened at ``fill=0`` does not block its layer.
+    expand_step : hibernating units opened per layer per expansion event (at least).
+    expand_fraction : extension, 0 = off (the paper): an event opens
+        ``max(expand_step, ceil(expand_fraction * allocated))`` units in a layer, growth proportional
+        to the layer's allocated width (:class:`PhysicalNPN` caps one event at its reserve).
+    expand_every : extension, None = off (the paper: one check per epoch, in :meth:`end_epoch`): check
+        for expansion every ``expand_every`` training steps instead. The training loop evaluates the
+        validation loss and calls :meth:`check_expansion` (:func:`neuroplastic.train.fit` does);
+        :meth:`end_epoch` then makes no check of its own.
+    expand_val_batches : with ``expand_every``, how many batches of the validation loader (the first
+        ones, the same every check) the loop evaluates for a check; None = all.
+    expand_trigger : ``"val_loss"`` (the validation loss as the loop gives it) or ``"regularized"`` (plus
+        this method's L0 penalty at the current ``k``, as the reference code's validation loss).
     anti_fraction : ARM only (an extension; 1 = the paper): evaluate both ARM terms on a random
         ``anti_fraction`` of the batch, drawn from the method's generator independently of ``u``. Still
         unbiased (a random subset's mean loss is unbiased for the batch's), cheaper (the antithetic pass
@@ -99,6 +112,10 @@ class NPN(UnitGateMethod):
         fill: float = OPEN_LOGIT,
         expand_step: int = 1,
         anti_fraction: float = 1.0,
+        expand_fraction: float = 0.0,
+        expand_every: int | None = None,
+        expand_val_batches: int | None = None,
+        expand_trigger: str = "val_loss",
         seed: int = 0,
     ) -> None:
         super().__init__(model, lam, gates, include, exclude, example_input)
@@ -118,6 +135,16 @@ class NPN(UnitGateMethod):
             raise ValueError(f"anti_fraction < 1 needs estimator='arm' and sampling='batch', got "
                              f"estimator={estimator!r}, sampling={sampling!r}")
         self.anti_fraction = float(anti_fraction)
+        if not math.isfinite(fill) or fill < 0:
+            raise ValueError(f"fill must be a finite k*phi >= 0 (a unit opened closed would block its layer), "
+                             f"got {fill}")
+        if not 0.0 <= expand_fraction <= 1.0:
+            raise ValueError(f"expand_fraction must be in [0, 1] (0 = off), got {expand_fraction}")
+        for key, value in (("expand_every", expand_every), ("expand_val_batches", expand_val_batches)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be None or an int >= 1, got {value!r}")
+        if expand_trigger not in EXPAND_TRIGGERS:
+            raise ValueError(f"expand_trigger must be one of {EXPAND_TRIGGERS}, got {expand_trigger!r}")
         self.mode = mode
         self.schedule = StageSchedule(k, stages, k_frozen)
         self.gate_fn = gate_function(gate)
@@ -126,6 +153,11 @@ class NPN(UnitGateMethod):
         self.test_gate = test_gate
         self.fill = float(fill)
         self.expand_step = int(expand_step)
+        self.expand_fraction = float(expand_fraction)
+        self.expand_every = expand_every
+        self.expand_val_batches = expand_val_batches
+        self.expand_trigger = expand_trigger
+        self._checking = False  # True while check_expansion runs end_epoch
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -265,24 +297,34 @@ class NPN(UnitGateMethod):
     # -- expansion (Algorithm 1) ----------------------------------------------------------------
     def end_epoch(self, val_loss: float | None = None) -> list[dict[str, Any]]:
         """In expand mode and stage 2: on a new best validation loss, every layer whose allocated
-        units are all open gets its next ``expand_step`` hibernating units opened (``k*phi = fill``).
+        units are all open (at least ``allocated`` units with ``phi >= 0``) gets its next hibernating
+        units opened (``k*phi = fill``): ``expand_step`` of them, or ``ceil(expand_fraction *
+        allocated)`` when that is more.
 
         It stops by itself: no improvement (plateau) means no event, and a layer with a closed
-        allocated unit is not expanded. Returns the events (also kept in ``self.events``).
+        allocated unit is not expanded. With ``expand_every`` set the checks come from
+        :meth:`check_expansion` and this epoch-end call makes none. Returns the events (also kept in
+        ``self.events``).
         """
         if self.mode != "expand" or self.stage != 2:
             return []
+        if self.expand_every is not None and not self._checking:
+            return []
         if val_loss is None:
             raise ValueError("NPN in expand mode needs end_epoch(val_loss=...) after each validation")
+        if self.expand_trigger == "regularized":
+            with torch.no_grad():
+                val_loss = float(val_loss) + float(self.penalty())
         if not val_loss < self.best_loss:
             return []
         self.best_loss = float(val_loss)
         events = []
         for i, site in enumerate(self.sites):
-            n_open = int((site.gates.phi > 0).sum())
+            n_open = int((site.gates.phi >= 0).sum())  # every open unit counts, as the reference's test
             if self.allocated[i] >= site.n or n_open < self.allocated[i]:
                 continue
-            new = list(range(self.allocated[i], min(site.n, self.allocated[i] + self.expand_step)))
+            n_new = max(self.expand_step, math.ceil(self.expand_fraction * self.allocated[i]))
+            new = list(range(self.allocated[i], min(site.n, self.allocated[i] + n_new)))
             with torch.no_grad():
                 site.gates.phi[new] = self.fill / self.k
             self.allocated[i] += len(new)
@@ -290,6 +332,19 @@ class NPN(UnitGateMethod):
                            "val_loss": float(val_loss)})
         self.events.extend(events)
         return events
+
+    def check_expansion(self, val_loss: float) -> list[dict[str, Any]]:
+        """One expansion check now, within an epoch (for ``expand_every``; the loop calls it every
+        ``expand_every`` steps with the loss on ``expand_val_batches`` validation batches).
+
+        It runs :meth:`end_epoch`'s rule through :meth:`end_epoch` itself, so subclasses that act on
+        expansion events there (:class:`PhysicalNPN` grows the model) follow.
+        """
+        self._checking = True
+        try:
+            return self.end_epoch(val_loss)
+        finally:
+            self._checking = False
 
     # -- reporting ------------------------------------------------------------------------------
     def eval_gate(self, site) -> torch.Tensor:

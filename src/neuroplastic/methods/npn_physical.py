@@ -123,6 +123,10 @@ class PhysicalNPN(NPN):
         test_gate: str = "binary",
         fill: float = OPEN_LOGIT,
         expand_step: int = 1,
+        expand_fraction: float = 0.0,
+        expand_every: int | None = None,
+        expand_val_batches: int | None = None,
+        expand_trigger: str = "val_loss",
         seed: int = 0,
     ) -> None:
         if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 1:
@@ -151,7 +155,9 @@ class PhysicalNPN(NPN):
         super().__init__(model, mode, k, lam, gates=gates, include=include, exclude=exclude,
                          init_active=init_active, stages=stages, k_frozen=k_frozen, gate=gate,
                          estimator=estimator, sampling=sampling, test_gate=test_gate, fill=fill,
-                         expand_step=expand_step, seed=seed, example_input=example_input)
+                         expand_step=expand_step, expand_fraction=expand_fraction, expand_every=expand_every,
+                         expand_val_batches=expand_val_batches, expand_trigger=expand_trigger, seed=seed,
+                         example_input=example_input)
         self._example = example_input[:2].detach()
         self._groups = self._trace()
         self.groups, self.physical_sites = self._plan()
@@ -405,7 +411,7 @@ class PhysicalNPN(NPN):
             grown = self._refill()
             self.events.extend(grown)
             events = events + grown
-        if self.remove_after is not None and self.stage == 2:
+        if self.remove_after is not None and self.stage == 2 and not self._checking:  # once per epoch
             events = events + self._remove_long_closed()
         return events
 

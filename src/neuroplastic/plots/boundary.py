@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+from PIL import Image  # noqa: E402
 
 EXTENT = (-2.0, 2.0, -1.6, 1.6)
 
@@ -52,19 +52,25 @@ def boundary_frame(
     return BoundaryFrame(prob.cpu().numpy().astype(np.float16), caption)
 
 
-def _draw(ax, frame: BoundaryFrame, points: np.ndarray, labels: np.ndarray, extent: Sequence[float]) -> None:
+def _contour(ax, frame: BoundaryFrame, extent: Sequence[float]):
+    return ax.contour(np.linspace(extent[0], extent[1], frame.prob.shape[1]),
+                      np.linspace(extent[2], extent[3], frame.prob.shape[0]),
+                      frame.prob.astype(np.float32), levels=[0.5], colors="k", linewidths=1.5)
+
+
+def _draw(ax, frame: BoundaryFrame, points: np.ndarray, labels: np.ndarray, extent: Sequence[float]):
+    """Draw one frame on ``ax``; returns the (image, contour) artists a later frame updates."""
     ax.clear()
-    ax.imshow(frame.prob.astype(np.float32), origin="lower", extent=extent, cmap="RdBu_r", vmin=0, vmax=1,
-              alpha=0.55, aspect="auto")
-    ax.contour(np.linspace(extent[0], extent[1], frame.prob.shape[1]),
-               np.linspace(extent[2], extent[3], frame.prob.shape[0]),
-               frame.prob.astype(np.float32), levels=[0.5], colors="k", linewidths=1.5)
+    image = ax.imshow(frame.prob.astype(np.float32), origin="lower", extent=extent, cmap="RdBu_r", vmin=0,
+                      vmax=1, alpha=0.55, aspect="auto")
+    contour = _contour(ax, frame, extent)
     ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="RdBu_r", s=7, edgecolors="none", vmin=0, vmax=1)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(frame.caption, fontsize=9)
+    return image, contour
 
 
 def save_boundary_png(
@@ -88,12 +94,26 @@ def save_boundary_gif(
     path: str | Path, frames: Sequence[BoundaryFrame], points: np.ndarray, labels: np.ndarray,
     extent: Sequence[float] = EXTENT, fps: int = 8,
 ) -> Path:
-    """An animated GIF, one frame per recorded :class:`BoundaryFrame`."""
+    """An animated GIF, one frame per recorded :class:`BoundaryFrame`.
+
+    The points and axes are drawn once; each frame only replaces the probability image, the boundary
+    contour and the caption, and the rendered pixels go straight to Pillow.
+    """
     if not frames:
         raise ValueError("save_boundary_gif needs at least one frame")
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    anim = FuncAnimation(fig, lambda i: _draw(ax, frames[i], points, labels, extent), frames=len(frames))
-    path = Path(path)
-    anim.save(path, writer=PillowWriter(fps=fps), dpi=80)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=80)
+    image, contour = _draw(ax, frames[0], points, labels, extent)
+    pictures = []
+    for i, frame in enumerate(frames):
+        if i:
+            image.set_data(frame.prob.astype(np.float32))
+            contour.remove()
+            contour = _contour(ax, frame, extent)
+            ax.set_title(frame.caption, fontsize=9)
+        fig.canvas.draw()
+        rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+        pictures.append(Image.fromarray(rgb).quantize(colors=128, method=Image.Quantize.FASTOCTREE))
     plt.close(fig)
+    path = Path(path)
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=round(1000 / fps), loop=0)
     return path

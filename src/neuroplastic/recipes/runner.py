@@ -236,8 +236,13 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     return set() if a == b else {prefix.rstrip(".")}
 
 
-def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = ()) -> dict[str, Any]:
-    """Train (or continue) the prepared run, write ``results.json``, and return its one result object."""
+def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = (), checkpoint_every: int = 1,
+            plots: bool = True) -> dict[str, Any]:
+    """Train (or continue) the prepared run, write ``results.json``, and return its one result object.
+
+    ``checkpoint_every`` goes to :func:`~neuroplastic.train.fit`; ``plots=False`` skips the
+    capacity-over-time pictures in ``RUN_DIR/plots`` (``neuroplastic plot RUN_DIR`` draws them later).
+    """
     recipe = prep.recipe
     prep.run_dir.mkdir(parents=True, exist_ok=True)
     if not (prep.run_dir / RECIPE_FILE).exists():
@@ -247,8 +252,8 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = ()) -> 
     t0 = time.perf_counter()
     res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
               run_dir=prep.run_dir, selection=recipe["selection"], select_after=recipe["select_from_epoch"],
-              snapshot_every=recipe["snapshot_every"], resume=prep.resume, progress=progress,
-              callbacks=callbacks)
+              snapshot_every=recipe["snapshot_every"], checkpoint_every=checkpoint_every, resume=prep.resume,
+              progress=progress, callbacks=callbacks)
     arch = prep.method.architecture()
     flops = live_flops(prep.method, prep.model, prep.input_shape)
     result = {
@@ -276,7 +281,8 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = ()) -> 
     result["final_metrics"] = to_jsonable(prep.method.metrics())  # per-layer density, exploration rate, ...
     result.update(_save_compact(prep))
     _write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
-    _plot_over_time(prep.run_dir)
+    if plots:
+        _plot_over_time(prep.run_dir)
     return result
 
 

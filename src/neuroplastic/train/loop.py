@@ -13,6 +13,7 @@ called, so their shuffling order survives a resume.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +90,7 @@ def fit(
     selection: str = "best_val",
     select_after: int = 0,
     snapshot_every: int = 1,
+    checkpoint_every: int = 1,
     resume: bool = False,
     progress: bool = True,
     tensorboard: bool = True,
@@ -115,8 +117,17 @@ def fit(
     snapshot_every
         ``method.snapshot()`` is written after every ``snapshot_every``-th epoch and after the last one;
         0 disables snapshots.
+    checkpoint_every
+        ``checkpoint.pt`` is written after every ``checkpoint_every``-th epoch and after the last one
+        (a resume continues from the last one written; the logs are cut back to it). Writing it costs
+        about 10 ms, more than a whole epoch of a tiny model (the moons demo writes one every 500).
     resume
         Continue from ``run_dir/checkpoint.pt`` (a fresh start when there is none yet).
+
+    A method with an ``expand_every`` attribute that is not None (NPN's step-wise expansion) gets
+    ``method.check_expansion(val_loss)`` after every ``expand_every``-th training step (counted over
+    the whole run), with the mean loss over the first ``method.expand_val_batches`` validation batches
+    (all when None); its events are logged with that step.
     callbacks
         Functions ``f(epoch, record)`` called after each epoch's history record is written (e.g. to draw
         pictures or drive a progress display); they must not change the model.
@@ -129,6 +140,8 @@ def fit(
         raise ValueError(f"select_after must be in [0, epochs={epochs}), got {select_after!r}")
     if snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
     for key in ("train", "val"):
         if key not in loaders:
             raise ValueError(f"loaders needs a {key!r} entry, got {sorted(loaders)}")
@@ -153,17 +166,18 @@ def fit(
             f.write_text("")  # the contract's files exist from the start, empty
 
     writer = ScalarWriter(run_dir / "tensorboard", enabled=tensorboard)
+    check = _expansion_check(model, method, loaders["val"], criterion)
     history, events = state["history"], state["events"]
     try:
         for epoch in range(state["epoch"] + 1, epochs):
             t0 = time.perf_counter()
             lrs = [group["lr"] for opt in optimizers for group in opt.param_groups]
-            train_loss, train_acc, state["step"] = _train_epoch(
+            train_loss, train_acc, state["step"], new_events = _train_epoch(
                 model, method, optimizers, schedules, loaders["train"], train_criterion, epoch, epochs, state["step"],
-                progress,
+                progress, check,
             )
             val_loss, val_acc = evaluate(model, loaders["val"], criterion)
-            new_events = method.end_epoch(val_loss=val_loss) or []
+            new_events += method.end_epoch(val_loss=val_loss) or []
             seconds = time.perf_counter() - t0
             state["wall"] += seconds
             record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
@@ -186,7 +200,8 @@ def fit(
                 state["best"] = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
                                  "model": None if selection == "last" else _cpu_copy(model.state_dict())}
             state["epoch"] = epoch
-            _save(ckpt_path, state, model, method, optimizers, schedules, loaders)
+            if (epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1:
+                _save(ckpt_path, state, model, method, optimizers, schedules, loaders)
     finally:
         writer.close()
 
@@ -201,8 +216,30 @@ def fit(
                      wall_seconds=state["wall"], events=events)
 
 
-def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch, epochs, step, progress):
-    """One pass over ``loader``; returns (mean loss, accuracy, global step after the epoch)."""
+def _expansion_check(model: nn.Module, method: CapacityMethod, val_loader: Any,
+                     criterion: Callable) -> Callable[[int], list[dict[str, Any]]] | None:
+    """For a method with ``expand_every``: a function of the global step that runs its expansion
+    check every ``expand_every`` steps and returns the events (each with its ``step``); else None."""
+    every = getattr(method, "expand_every", None)
+    if every is None:
+        return None
+    n_batches = getattr(method, "expand_val_batches", None)
+
+    def check(step: int) -> list[dict[str, Any]]:
+        if step % every:
+            return []
+        batches = val_loader if n_batches is None else itertools.islice(val_loader, n_batches)
+        val_loss, _ = evaluate(model, batches, criterion)
+        return [{"step": step, **event} for event in method.check_expansion(val_loss)]
+
+    return check
+
+
+def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch, epochs, step, progress,
+                 check=None):
+    """One pass over ``loader``; returns (mean loss, accuracy, global step after the epoch, the events
+    of the step-wise expansion checks ``check(step)``)."""
+    events: list[dict[str, Any]] = []
     method.set_epoch(epoch)
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
@@ -213,8 +250,9 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     arch = method.architecture() if progress else {}
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, dynamic_ncols=True)
-    for i, (x, y) in enumerate(bar):
+    # no bar object at all without progress: creating one per epoch costs more than a tiny model's epoch
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True) if progress else None
+    for i, (x, y) in enumerate(bar if bar is not None else loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         captured: dict[str, torch.Tensor] = {}
 
@@ -234,15 +272,18 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
             schedule.step()
         method.step()
         step += 1
+        if check is not None:
+            events += check(step)
         loss_sum += loss.detach().double() * len(y)
         correct += (captured["out"].argmax(1) == y).sum()
         n += len(y)
         if progress and (i % 20 == 0 or i == len(loader) - 1):
             bar.set_postfix(_postfix(float(loss_sum) / n, int(correct) / n, arch), refresh=False)
-    bar.close()
+    if bar is not None:
+        bar.close()
     if n == 0:
         raise ValueError("the training loader yielded no batches")
-    return float(loss_sum) / n, int(correct) / n, step
+    return float(loss_sum) / n, int(correct) / n, step, events
 
 
 def _postfix(loss: float, acc: float, arch: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""The README's NPN loop snippet, pasted as it is, prunes a small model on real MNIST data."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import neuroplastic
+from neuroplastic.data import DatasetNotFoundError
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+DATA = Path("/work/shared/data")
+
+
+def readme_snippet(section: str) -> str:
+    """The first ``python`` code block under the README heading ``section``."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"## {section}")
+    match = re.search(r"```python\n(.*?)```", text[start:], flags=re.S)
+    assert match, f"no python block under {section!r}"
+    return match.group(1)
+
+
+def _context(tmp_path: Path, n_train: int = 4000) -> dict:
+    """What the snippet expects to exist: a model, data, a criterion, ``evaluate`` and ``epochs``."""
+    try:
+        splits = neuroplastic.load_dataset("mnist", data_dir=DATA, val_size=1000, seed=0, download=False)
+    except DatasetNotFoundError as err:
+        pytest.skip(f"MNIST not available: {err}")
+    torch.manual_seed(0)
+    train_set = torch.utils.data.TensorDataset(splits.train_x[:n_train].flatten(1), splits.train_y[:n_train])
+    val_x, val_y = splits.val_x.flatten(1), splits.val_y
+    criterion = nn.CrossEntropyLoss()
+
+    def evaluate(model: nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            loss = float(criterion(model(val_x), val_y))
+        model.train()
+        return loss
+
+    return {
+        "model": neuroplastic.get_model("mlp", in_features=784, hidden=[100], num_classes=10),
+        "train_set": train_set,
+        "loader": torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True),
+        "criterion": criterion,
+        "evaluate": evaluate,
+        "epochs": 10,
+        "example_batch": val_x[:8],
+    }
+
+
+def test_readme_npn_loop_prunes_mnist_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the snippet writes small.pt
+    torch.set_num_threads(1)
+    code = readme_snippet("In your own training loop")
+    scope = _context(tmp_path)
+    t0 = time.perf_counter()
+    exec(compile(code, "README.md", "exec"), scope)
+    seconds = time.perf_counter() - t0
+    hidden = scope["npn"].architecture()["arch"][0]
+    assert hidden < 100, f"the README loop closed no hidden unit ({hidden}/100 open)"
+    small = neuroplastic.load_compact("small.pt", lambda: neuroplastic.get_model("mlp", in_features=784,
+                                                                             hidden=[100], num_classes=10))
+    assert small.eval()(scope["example_batch"]).shape == (8, 10)
+    assert neuroplastic.count_weights(small) == scope["npn"].architecture()["params"]
+    assert seconds < 60, seconds  # ~10 s on a quiet 2-core machine
+
+
+def test_readme_loop_with_one_lr_for_gates_prunes_nothing(tmp_path, monkeypatch):
+    """Why the snippet needs ``npn_optimizer``: the same loop with gate logits at the weights' 1e-3."""
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    code = readme_snippet("In your own training loop")
+    code = code.replace("gate_lr=1e-2", "gate_lr=1e-3")
+    assert "gate_lr=1e-3" in code
+    code = code.split("print(")[0]  # training only
+    scope = _context(tmp_path)
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["npn"].architecture()["arch"][0] == 100
+
+
+@pytest.mark.parametrize("kwargs, match", [({"lr": 0}, "lr must be"), ({"gate_lr": -1.0}, "gate_lr must be")])
+def test_npn_optimizer_bad_input(kwargs, match):
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    neuroplastic.NPN(model)
+    with pytest.raises(ValueError, match=match):
+        neuroplastic.npn_optimizer(model, **kwargs)
+
+
+def test_npn_optimizer_needs_gates_and_puts_them_in_their_own_group():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="no gate logits"):
+        neuroplastic.npn_optimizer(model)
+    neuroplastic.NPN(model)
+    opt = neuroplastic.npn_optimizer(model, lr=1e-3, gate_lr=0.05, optimizer=torch.optim.SGD, momentum=0.9,
+                                     weight_decay=1e-4)
+    weights, gates = opt.param_groups
+    assert [p.shape for p in gates["params"]] == [torch.Size([3])]
+    assert (gates["lr"], gates["weight_decay"], gates["momentum"]) == (0.05, 0.0, 0)
+    assert (weights["lr"], weights["weight_decay"], weights["momentum"]) == (1e-3, 1e-4, 0.9)
