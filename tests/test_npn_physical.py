@@ -272,3 +272,20 @@ def test_expand_step_larger_than_reserve_keeps_room_for_the_next_step():
     assert [e["units"] for e in events if e["event"] == "expand"] == [[3, 4, 5], [3, 4, 5]]
     assert {"epoch": 1, "event": "grow", "group": "fc1", "units": [6, 7, 8], "width": 9} in events
     assert p.physical_widths() == [100, 9] and tuple(model.fc2.weight.shape) == (2, 9)
+
+
+def test_proportional_expansion_events_always_fit_the_physical_model():
+    """expand_fraction opens ceil(f * allocated) units per event: the model keeps room for the next one."""
+    x, _ = _lenet_input()
+    p = PhysicalNPN(get_model("lenet5_caffe"), example_input=x, reserve=2, expand_fraction=0.5,
+                    **{**LENET, "init_active": [3, 3, 48, 3]})
+    p.bind_optimizers([])
+    expected = [[3, 3, 48, 3]]
+    for epoch in range(4):
+        p.set_epoch(epoch + 1)
+        p.end_epoch(val_loss=1.0 - 0.1 * epoch)
+        expected.append([min(full, a + max(1, -(-a // 2))) for a, full in zip(expected[-1], (20, 50, 800, 500),
+                                                                               strict=True)])
+        assert p.allocated == expected[-1]
+        for i, (alloc, width) in enumerate(zip(p.allocated, p.physical_widths(), strict=True)):
+            assert width >= min(p.sites[i].n, alloc + p.expand_count(i))

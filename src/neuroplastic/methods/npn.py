@@ -323,8 +323,7 @@ class NPN(UnitGateMethod):
             n_open = int((site.gates.phi >= 0).sum())  # every open unit counts, as the reference's test
             if self.allocated[i] >= site.n or n_open < self.allocated[i]:
                 continue
-            n_new = max(self.expand_step, math.ceil(self.expand_fraction * self.allocated[i]))
-            new = list(range(self.allocated[i], min(site.n, self.allocated[i] + n_new)))
+            new = list(range(self.allocated[i], min(site.n, self.allocated[i] + self.expand_count(i))))
             with torch.no_grad():
                 site.gates.phi[new] = self.fill / self.k
             self.allocated[i] += len(new)
@@ -332,6 +331,11 @@ class NPN(UnitGateMethod):
                            "val_loss": float(val_loss)})
         self.events.extend(events)
         return events
+
+    def expand_count(self, i: int) -> int:
+        """Units the next expansion event opens at site ``i``: ``expand_step``, or ``ceil(expand_fraction
+        * allocated)`` when that is more (before the cap at the site's width)."""
+        return max(self.expand_step, math.ceil(self.expand_fraction * self.allocated[i]))
 
     def check_expansion(self, val_loss: float) -> list[dict[str, Any]]:
         """One expansion check now, within an epoch (for ``expand_every``; the loop calls it every

@@ -127,6 +127,7 @@ class PhysicalNPN(NPN):
         expand_every: int | None = None,
         expand_val_batches: int | None = None,
         expand_trigger: str = "val_loss",
+        anti_fraction: float = 1.0,
         seed: int = 0,
     ) -> None:
         if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 1:
@@ -156,7 +157,8 @@ class PhysicalNPN(NPN):
                          init_active=init_active, stages=stages, k_frozen=k_frozen, gate=gate,
                          estimator=estimator, sampling=sampling, test_gate=test_gate, fill=fill,
                          expand_step=expand_step, expand_fraction=expand_fraction, expand_every=expand_every,
-                         expand_val_batches=expand_val_batches, expand_trigger=expand_trigger, seed=seed,
+                         expand_val_batches=expand_val_batches, expand_trigger=expand_trigger,
+                         anti_fraction=anti_fraction, seed=seed,
                          example_input=example_input)
         self._example = example_input[:2].detach()
         self._groups = self._trace()
@@ -167,7 +169,7 @@ class PhysicalNPN(NPN):
                 gates.register_buffer("origin", torch.arange(gates.phi.numel(), device=gates.phi.device))
                 gates.register_buffer("closed_epochs", torch.zeros_like(gates.origin))
         if mode == "expand":
-            self._resize_to({g.name: min(g.full, max(self._needed(g) + reserve, self._needed(g, self.expand_step)))
+            self._resize_to({g.name: min(g.full, max(self._needed(g) + reserve, self._needed(g, ahead=True)))
                              for g in self.groups})
         self._load_hook = model.register_load_state_dict_pre_hook(self._before_model_load)
         self._ready = True
@@ -252,16 +254,17 @@ class PhysicalNPN(NPN):
         return next(g for g in self._groups if g.name == name)
 
     # -- sizes ----------------------------------------------------------------------------------
-    def _needed(self, pg: PhysicalGroup, ahead: int = 0) -> int:
-        """Group units holding the allocated site units (plus ``ahead`` more per site), capped."""
-        return min(pg.full, max(math.ceil(min(self.sites[i].n, self.allocated[i] + ahead) / r)
-                                for i, r in pg.sites))
+    def _needed(self, pg: PhysicalGroup, ahead: bool = False) -> int:
+        """Group units holding the allocated site units (with ``ahead``, plus the units the next
+        expansion event opens at each site), capped at the full width."""
+        sizes = [min(self.sites[i].n, self.allocated[i] + (self.expand_count(i) if ahead else 0)) for i, _ in pg.sites]
+        return min(pg.full, max(math.ceil(size / r) for size, (_, r) in zip(sizes, pg.sites, strict=True)))
 
     def _refill(self) -> list[dict[str, Any]]:
         """Grow every group that could not take the next expansion step; returns the grow events."""
         events = []
         for pg in self.groups:
-            deficit = self._needed(pg, ahead=self.expand_step) - pg.size
+            deficit = self._needed(pg, ahead=True) - pg.size
             if deficit > 0:
                 new = min(pg.full, pg.size + max(self.reserve, deficit))
                 events.append({"epoch": self.epoch, "event": "grow", "group": pg.name,
