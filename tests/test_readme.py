@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import neuroplastic
 from neuroplastic.data import DatasetNotFoundError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-DATA = Path("/work/shared/data")
+DATA = Path(os.environ.get("NEUROPLASTIC_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def readme_snippet(section: str) -> str:
@@ -70,6 +71,18 @@ def test_readme_npn_loop_prunes_mnist_as_written(tmp_path, monkeypatch):
     assert small.eval()(scope["example_batch"]).shape == (8, 10)
     assert neuroplastic.count_weights(small) == scope["npn"].architecture()["params"]
     assert seconds < 60, seconds  # ~10 s on a quiet 2-core machine
+
+
+def test_readme_physical_loop_trains_a_model_that_shrank(tmp_path):
+    torch.set_num_threads(1)
+    code = readme_snippet("Train at the thinned size")
+    scope = {**_context(tmp_path), "neuroplastic": neuroplastic}  # imported by the section's first snippet
+    exec(compile(code, "README.md", "exec"), scope)
+    npn, model = scope["npn"], scope["model"]
+    hidden = model.fc1.out_features
+    assert hidden < 100 and npn.physical_widths() == [hidden] and model.fc2.in_features == hidden
+    assert npn.architecture()["params_physical"] < npn.architecture()["params_dense"]
+    assert any(e["event"] == "remove" for e in npn.events)
 
 
 def test_readme_loop_with_one_lr_for_gates_prunes_nothing(tmp_path, monkeypatch):
