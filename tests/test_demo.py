@@ -26,9 +26,16 @@ def test_demo_writes_results_and_pictures(tmp_path, capsys):
     assert "sparse" in table and "paper" in table
     # a finished demo is not overwritten silently
     assert main(["demo", "--out", str(out), "--epochs-scale", "0.02", "--modes", "sparse"]) == 2
+    # one process after the other computes what the side-by-side worker processes computed
+    seq = tmp_path / "sequential"
+    assert main(["demo", "--out", str(seq), "--epochs-scale", "0.02", "--frame-every", "10", "--jobs", "1"]) == 0
+    same = ("test_accuracy", "params", "arch", "val_loss")
+    assert [{k: r[k] for k in same} for r in json.loads((seq / "results.json").read_text())] == [
+        {k: r[k] for k in same} for r in results]
 
 
 def test_demo_rejects_bad_options(tmp_path):
     with pytest.raises(SystemExit):
         main(["demo", "--frame-every", "x"])
     assert main(["demo", "--out", str(tmp_path), "--modes", "grow"]) == 2
+    assert main(["demo", "--out", str(tmp_path), "--jobs", "0"]) == 2

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--frame-every", type=int, default=50, help="epochs between GIF frames (default 50)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="scale every epoch count (quick looks)")
     parser.add_argument("--overwrite", action="store_true", help="replace run folders left by an earlier demo")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="modes trained at once, one process each (default: one per mode, at most one per core)")
     return parser
 
 
@@ -53,25 +58,34 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise ValueError(f"--modes may contain {sorted(RECIPES)}, got {mode!r}")
     if args.frame_every < 1:
         raise ValueError(f"--frame-every must be >= 1, got {args.frame_every}")
+    jobs = min(len(modes), os.cpu_count() or 1) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # a tiny MLP: threads only add overhead
-    results = []
     for mode in modes:
         run_dir = out / mode
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not args.overwrite:
-                raise FileExistsError(f"{run_dir} holds an earlier demo run: pass --overwrite or another --out")
-            for f in sorted(run_dir.rglob("*"), reverse=True):
-                f.rmdir() if f.is_dir() else f.unlink()
-        results.append(_run_mode(mode, run_dir, out, args))
+        if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+            raise FileExistsError(f"{run_dir} holds an earlier demo run: pass --overwrite or another --out")
+    for mode in modes:
+        for f in sorted((out / mode).rglob("*"), reverse=True):
+            f.rmdir() if f.is_dir() else f.unlink()
+    if jobs == 1:
+        results = [_run_mode(mode, out / mode, out, args, 0) for mode in modes]
+    else:  # the two moons runs side by side, one process (and one core) each
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_mode, mode, out / mode, out, args, i) for i, mode in enumerate(modes)]
+            results = [f.result() for f in futures]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(_table(results))
     print(f"\nwrote {out / 'results.json'} and the boundary pictures in {out}/")
     return results
 
 
-def _run_mode(mode: str, run_dir: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _run_mode(mode: str, run_dir: Path, out: Path, args: argparse.Namespace, position: int) -> dict[str, Any]:
+    """Train one mode (in this process or a worker) and draw its boundary pictures."""
+    torch.set_num_threads(1)
     overrides = [f"seed={args.seed}", f"epochs_scale={args.epochs_scale}", "snapshot_every=50"]
     prep = prepare(RECIPES[mode], overrides, out=run_dir)
     data = moons_splits(seed=args.seed, n_val=prep.recipe["data"]["val_size"])
@@ -80,7 +94,7 @@ def _run_mode(mode: str, run_dir: Path, out: Path, args: argparse.Namespace) -> 
     stage_ends = {stages[0] - 1, stages[1] - 1, epochs - 1}
     frames: list[BoundaryFrame] = []
     stage_frames: list[BoundaryFrame] = []
-    bar = tqdm(total=epochs, desc=f"NPN {mode}", unit="epoch", dynamic_ncols=True)
+    bar = tqdm(total=epochs, desc=f"NPN {mode}", unit="epoch", dynamic_ncols=True, position=position)
 
     def record(epoch: int, rec: dict[str, Any]) -> None:
         bar.update(1)
