@@ -168,6 +168,10 @@ def fit(
     writer = ScalarWriter(run_dir / "tensorboard", enabled=tensorboard)
     check = _expansion_check(model, method, loaders["val"], criterion)
     history, events = state["history"], state["events"]
+    # one bar for the whole run (epochs, with the last epoch's loss, accuracies and live units); the
+    # epoch's own bar runs below it
+    run_bar = (tqdm(total=epochs, initial=state["epoch"] + 1, desc="run", unit="epoch", dynamic_ncols=True, position=0)
+               if progress else None)
     try:
         for epoch in range(state["epoch"] + 1, epochs):
             t0 = time.perf_counter()
@@ -184,8 +188,11 @@ def fit(
                       "val_acc": val_acc, "lr": lrs, "seconds": seconds, **method.metrics()}
             history.append(record)
             history_log.append(record)
-            if progress:
+            if run_bar is not None:
                 tqdm.write(_summary(record))
+                run_bar.update(1)
+                run_bar.set_postfix(_postfix(train_loss, train_acc, record) | {"val_acc": f"{val_acc:.4f}"},
+                                    refresh=True)
             for event in new_events:
                 event = {"epoch": epoch, "step": state["step"], **event}
                 events.append(event)
@@ -204,6 +211,8 @@ def fit(
                 _save(ckpt_path, state, model, method, optimizers, schedules, loaders)
     finally:
         writer.close()
+        if run_bar is not None:
+            run_bar.close()
 
     best = state["best"]
     if best["model"] is not None:
@@ -251,7 +260,8 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
     n = 0
     arch = method.architecture() if progress else {}
     # no bar object at all without progress: creating one per epoch costs more than a tiny model's epoch
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True) if progress else None
+    bar = (tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, position=1)
+           if progress else None)
     for i, (x, y) in enumerate(bar if bar is not None else loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         captured: dict[str, torch.Tensor] = {}
