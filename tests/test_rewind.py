@@ -65,6 +65,22 @@ def test_weight_rewinding_restores_survivors_and_optimizer_state():
     assert sched.get_last_lr()[0] == pytest.approx(0.1 * 0.5), "LR back at epoch 1 of the schedule"
 
 
+def test_every_weight_rewind_restores_the_rewind_point_not_the_previous_round():
+    """The second rewind restores the optimizer state saved after epoch 1, as the first does."""
+    model, opt, sched, imp = setup("weights")
+    gen = torch.Generator().manual_seed(0)
+    run_epoch(model, opt, sched, imp, gen)  # the rewind point
+    saved_buf = opt.state[model[0].weight]["momentum_buffer"].clone()
+    point = {k: v.clone() for k, v in imp.state_dict()["rewind_point"]["optimizer"]["state"][0].items()}
+    for _ in range(2 + 2):  # the rest of round 0, then round 1 (2 epochs): two rewinds
+        run_epoch(model, opt, sched, imp, gen)
+    assert imp.round == 2
+    buf, mask0 = opt.state[model[0].weight]["momentum_buffer"], imp.engine.masks["0"]
+    assert torch.equal(buf[mask0], saved_buf[mask0]) and torch.all(buf[~mask0] == 0)
+    kept = imp.state_dict()["rewind_point"]["optimizer"]["state"][0]
+    assert all(torch.equal(kept[k], v) for k, v in point.items()), "the rewind point itself is unchanged"
+
+
 def test_lr_rewinding_keeps_weights_and_reaches_final_density():
     model, opt, sched, imp = setup("lr", distribution="layerwise")
     gen = torch.Generator().manual_seed(0)

@@ -126,7 +126,9 @@ class IterativePruning(MaskMethod):
             self.prune_layers({n: kept_count(target, m.numel()) for n, m in self.engine.masks.items()})
         if self.rewind == "weights":
             self.model.load_state_dict(self._rewind_point["model"])
-            self.engine.optimizer.load_state_dict(self._rewind_point["optimizer"])
+            # a copy: the optimizer keeps the tensors it loads and updates them in place, which would
+            # overwrite the rewind point (every later rewind would restore the previous round's state)
+            self.engine.optimizer.load_state_dict(copy.deepcopy(self._rewind_point["optimizer"]))
             self.engine.apply()
         restart = self.rewind_epoch * self.steps_per_epoch
         if self.scheduler is not None:
