@@ -157,6 +157,10 @@ def _event_gates(event: dict[str, Any], names: list[str]) -> list[str]:
 def _draw_params(ax: Axes, run: RunData) -> None:
     epochs, params = run.series("params")
     ax.plot(epochs, np.maximum(np.array(params, dtype=float), 1), color="k", lw=1.8, label="live params")
+    if run.has_field("params_physical"):  # PhysicalNPN: the weights the model really holds
+        held_epochs, held = run.series("params_physical")
+        ax.plot(held_epochs, np.maximum(np.array(held, dtype=float), 1), color="k", lw=1.2, ls="--",
+                label="params held")
     _plain_log_axis(ax)
     ax.set_ylabel("live params")
     handles, labels = ax.get_legend_handles_labels()
@@ -171,4 +175,4 @@ def _draw_params(ax: Axes, run: RunData) -> None:
         right.tick_params(axis="y", colors="tab:red")
         handles.append(line)
         labels.append("val accuracy")
-    ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.08, 0.5), fontsize=8, frameon=False)
+    ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.13, 0.5), fontsize=8, frameon=False)
