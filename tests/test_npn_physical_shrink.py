@@ -4,6 +4,7 @@ simulated (full-size) NPN run computes, up to floating-point noise."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -79,6 +80,7 @@ def test_sparse_run_shrinks_at_hardening_and_computes_what_the_simulated_run_com
     assert opt_p[0].state[model.conv1.weight]["exp_avg"].shape == model.conv1.weight.shape
     removed = [e for e in physical.events if e["event"] == "remove"]
     assert {e["group"] for e in removed} == {"conv1", "conv2", "fc1"} and all(e["epoch"] == 4 for e in removed)
+    assert physical.end_epoch(val_loss=1.0) == []  # reported once, by the end_epoch of the shrinking epoch
 
 
 def test_snapshots_stay_full_width_with_removed_units_at_zero():
@@ -177,6 +179,8 @@ def test_resume_across_a_shrink_is_exact(tmp_path, kill_in):
     shrunk = prep.method.physical_widths()[1] < 80
     assert shrunk == (kill_in == "hardening")
     resumed = execute(prepare("npn-moons-sparse", physical, out=tmp_path / "b", resume=True), progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "b" / "events.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e["event"], e["group"]) for e in logged] == [(12, "remove", "fc1")]
     drop = ("wall_seconds", "session_seconds")
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in full.items() if k not in drop}
     simulated = execute(prepare("npn-moons-sparse", base, out=tmp_path / "c"), progress=False)

@@ -146,6 +146,7 @@ class PhysicalNPN(NPN):
         self.remove_after = remove_after
         self.remove_below = float(remove_below)
         self._restoring = False
+        self._pending: list[dict[str, Any]] = []  # removals made by set_epoch, reported by the next end_epoch
         self._ready = False  # NPN.__init__ calls set_epoch before the groups exist
         # None: not bound yet (a resize raises); [] after bind_optimizers([]): the model has none
         self.optimizers: list[torch.optim.Optimizer] | None = None if optimizers is None else _as_list(optimizers)
@@ -379,7 +380,7 @@ class PhysicalNPN(NPN):
         super().set_epoch(epoch)
         if (self._ready and not self._restoring and self.remove_closed and self.schedule.stages is not None
                 and self.stage == 3):
-            self.remove_closed_units()
+            self._pending.extend(self.remove_closed_units())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the method state; the model's widths follow when its state dict is loaded."""
@@ -410,7 +411,9 @@ class PhysicalNPN(NPN):
         """:meth:`NPN.end_epoch`, then grow every group whose reserve the expansion used up, and (with
         ``remove_after``, in the plastic stage) remove units that stayed closed long enough."""
         events = super().end_epoch(val_loss)
-        if events:
+        if not self._checking:  # the hardening removals of this epoch's set_epoch, for the loop's event log
+            events, self._pending = self._pending + events, []
+        if any(e["event"] == "expand" for e in events):
             grown = self._refill()
             self.events.extend(grown)
             events = events + grown
