@@ -248,6 +248,13 @@ def test_cli_rejects_unknown_plot_names(tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
+def test_cli_missing_run_folder_is_bad_input(tmp_path, capsys):
+    assert main([str(tmp_path / "no-such-run")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    run = make_mask_run(tmp_path)
+    assert main([str(run), str(tmp_path / "typo"), "--out", str(tmp_path / "pics")]) == 2
+
+
 def test_cli_missing_history_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 1

@@ -131,11 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``neuroplastic plot``; returns the process exit status (0 ok, 1 data missing, 2 usage)."""
+    """Entry point of ``neuroplastic plot``; returns the process exit status (0 ok, 1 data missing in a run
+    folder, 2 bad input: usage, or a run folder that does not exist)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse exits on --help and on usage errors; report the status instead
         return int(stop.code or 0)
+    missing = [d for d in args.run_dir if not Path(d).is_dir()]
+    if missing:  # bad input (a wrong path), not missing data in a run
+        print(f"neuroplastic plot: error: run folder {missing[0]} does not exist (or is not a folder)", file=sys.stderr)
+        return 2
     try:
         if len(args.run_dir) > 1:
             if args.out is None or args.what is not None:
