@@ -52,13 +52,11 @@ def build(
 
 
 def step_fn(model: nn.Module, npn: NPN | None, opt: torch.optim.Optimizer, x, y) -> Callable[[], None]:
-    indexed = npn is not None and npn.closure_kind == "indexed"
+    per_example = npn is not None and npn.closure_kind != "mean"
 
-    def closure(index=None):
-        if indexed:  # per-example losses of the examples at index (all when None), as fit builds it
-            xi, yi = (x, y) if index is None else (x[index], y[index])
-            return nn.functional.cross_entropy(model(xi), yi, reduction="none")
-        return nn.functional.cross_entropy(model(x), y)
+    def closure(index=None):  # as fit builds it: per-example losses (of the examples at index) when asked
+        xi, yi = (x, y) if index is None else (x[index], y[index])
+        return nn.functional.cross_entropy(model(xi), yi, reduction="none" if per_example else "mean")
 
     def step() -> None:
         opt.zero_grad()

@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch import nn
 
+from bench_npn_step import step_fn  # the same timed step (benchmarks/ is on the path when run as a script)
 from neuroplastic.methods.npn import NPN
 from neuroplastic.models import get_model
 from neuroplastic.structure import select_units, trace_unit_groups
-
-GROUPS = ("conv1", "conv2", "fc1")  # LeNet5-Caffe's unit groups: conv1's and conv2's channels, fc1's outputs
 
 
 def model_at(widths: list[int], method: dict, stage: int, x: torch.Tensor):
@@ -44,24 +42,6 @@ def model_at(widths: list[int], method: dict, stage: int, x: torch.Tensor):
               anti_fraction=method.get("anti_fraction", 1.0))
     npn.set_epoch({1: 0, 2: stages[0], 3: stages[1]}[stage])
     return model, npn, torch.optim.Adam(model.parameters(), lr=1e-3)
-
-
-def step_fn(model, npn, opt, x, y):
-    per_example = npn is not None and npn.closure_kind != "mean"
-
-    def closure(index=None):
-        xi, yi = (x, y) if index is None else (x[index], y[index])
-        return nn.functional.cross_entropy(model(xi), yi, reduction="none" if per_example else "mean")
-
-    def step():
-        opt.zero_grad()
-        if npn is None:
-            closure().backward()
-        else:
-            npn.backward(closure)
-        opt.step()
-
-    return step
 
 
 def main() -> None:
