@@ -187,3 +187,32 @@ def test_resume_across_a_shrink_is_exact(tmp_path, kill_in):
     assert simulated["params"] == full["params"] and simulated["arch"][1] == full["arch"][1] < 80
     assert full["test_accuracy"] == pytest.approx(simulated["test_accuracy"], abs=0.005)
     assert full["val_loss"] == pytest.approx(simulated["val_loss"], rel=1e-4)
+
+
+def test_the_docs_snippet_runs_as_written():
+    """docs/npn-physical.md's example builds the method and binds the optimizer; the loop it names shrinks."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "npn-physical.md").read_text(encoding="utf-8")
+    scope: dict = {}
+    exec(compile(re.search(r"```python\n(.*?)```", text, flags=re.S).group(1), "npn-physical.md", "exec"), scope)
+    npn, model, optimizer = scope["npn"], scope["model"], scope["optimizer"]
+    assert npn.optimizers == [optimizer] and npn.physical_widths() == [20, 50, 800, 500]
+    with torch.no_grad():
+        model.conv2.npn_out.phi[:40] = -1.0  # 40 conv2 channels closed by hand
+    npn.set_epoch(65)  # the hardening stage: they leave, and the optimizer follows
+    assert model.conv2.out_channels == 10 and model.fc1.in_features == 160
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+
+
+def test_remove_closed_false_keeps_the_full_width():
+    torch.manual_seed(0)
+    model = get_model("lenet5_caffe")
+    npn = PhysicalNPN(model, example_input=torch.zeros(2, 1, 28, 28), remove_closed=False,
+                      **SPARSE)
+    npn.bind_optimizers([])
+    with torch.no_grad():
+        model.conv1.npn_out.phi[:5] = -1.0
+    npn.set_epoch(4)
+    assert npn.physical_widths() == [20, 50, 800, 500] and npn.architecture()["arch"][0] == 15
