@@ -42,10 +42,10 @@ def build(name: str, device: torch.device):
     method = {
         "dense": lambda: None,
         "static": lambda: Static(model, opt, density=0.05, **common),
-        "set": lambda: SET(model, opt, density=0.05, update_frequency=1000, **common),
-        "rigl": lambda: RigL(model, opt, density=0.05, update_frequency=1000, **common),
-        "gmp": lambda: GMP(model, opt, final_density=0.05, final_prune_epoch=5, update_frequency=500, **common),
-        "granet": lambda: GraNet(model, opt, final_density=0.05, final_prune_epoch=5, update_frequency=500, **common),
+        "set": lambda: SET(model, opt, density=0.05, update_every=1000, **common),
+        "rigl": lambda: RigL(model, opt, density=0.05, update_every=1000, **common),
+        "gmp": lambda: GMP(model, opt, final_density=0.05, final_prune_epoch=5, update_every=500, **common),
+        "granet": lambda: GraNet(model, opt, final_density=0.05, final_prune_epoch=5, update_every=500, **common),
     }[name]()
     return model, opt, method
 

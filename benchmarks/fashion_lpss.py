@@ -64,7 +64,7 @@ def main() -> None:
     prep = runner.prepare(args.recipe, args.set, out=args.out, data_dir=args.data_dir)
     result = runner.execute(prep, progress=False)
     metrics = prep.method.metrics()
-    keep = ("mask_sparsity", "hoyer_net", "density", "params")
+    keep = ("hoyer_net", "density", "params")
     print(
         json.dumps(
             {

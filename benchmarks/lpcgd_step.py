@@ -50,7 +50,7 @@ def main() -> None:
     lp_model = get_model("wrn_lpss", num_classes=10, in_channels=1).to(device)
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     lpcgd = LpCGD.for_model(lp_model, lr=0.004, p_first=1.2, p_rest=1.07, momentum=0.9, nesterov=True)
-    lpss = LpSS(lp_model, lpcgd, target_sparsity=0.9, epochs=1, steps_per_epoch=1000)
+    lpss = LpSS(lp_model, lpcgd, final_density=0.1, epochs=1, steps_per_epoch=1000)
     backward(sgd_model)
     backward(lp_model)
     t_fb = timed(lambda: backward(sgd_model), max(args.repeats // 4, 2), device)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from neuroplastic.masks import kept_count
-from neuroplastic.methods.dst import GMP, METHODS, SET, GraNet, RigL, Static
+from neuroplastic.methods.dst import GMP, SET, GraNet, RigL, Static
+from neuroplastic.recipes.registry import method_class
 
 
 def net() -> nn.Module:
@@ -36,7 +37,7 @@ def sgd(model):
 
 
 def make(cls, model, opt, **kw):
-    base = {"epochs": 4, "steps_per_epoch": 10, "update_frequency": 3, "seed": 1}
+    base = {"epochs": 4, "steps_per_epoch": 10, "update_every": 3, "seed": 1}
     return cls(model, opt, **{**base, **kw})
 
 
@@ -67,7 +68,7 @@ def test_fixed_density_methods_keep_exact_layer_counts(cls):
 def test_rigl_grows_at_largest_gradient_and_zeroes_new_state():
     model = net()
     opt = sgd(model)
-    rigl = make(RigL, model, opt, density=0.3, sparse_init="uniform", update_frequency=1)
+    rigl = make(RigL, model, opt, density=0.3, sparse_init="uniform", update_every=1)
     train(model, opt, rigl, 2)  # momentum buffers exist
     name = "5"
     w = rigl.engine.weight(name)
@@ -92,7 +93,7 @@ def test_rigl_grows_at_largest_gradient_and_zeroes_new_state():
 def test_rigl_needs_gradients():
     model = net()
     opt = sgd(model)
-    rigl = make(RigL, model, opt, density=0.3, update_frequency=1)
+    rigl = make(RigL, model, opt, density=0.3, update_every=1)
     with pytest.raises(RuntimeError, match="backward"):
         rigl.step()
 
@@ -103,9 +104,9 @@ def test_gradient_growth_refuses_gradients_zeroed_before_the_step(method):
     model = net()
     opt = sgd(model)
     if method == "rigl":
-        m = make(RigL, model, opt, density=0.3, update_frequency=1)
+        m = make(RigL, model, opt, density=0.3, update_every=1)
     else:
-        m = make(GraNet, model, opt, final_density=0.3, init_density=0.5, update_frequency=1)
+        m = make(GraNet, model, opt, final_density=0.3, init_density=0.5, update_every=1)
     x, y = DATA[0]
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
@@ -249,14 +250,14 @@ def test_bad_options_are_errors():
         make(GraNet, model, opt, final_density=0.1, final_prune_epoch=9)
     with pytest.raises(ValueError, match="distribution"):
         make(GMP, model, opt, final_density=0.1, distribution="uniform")
-    with pytest.raises(ValueError, match="prune_rate_decay"):
-        make(SET, model, opt, density=0.1, prune_rate_decay="linear")
-    with pytest.raises(ValueError, match=r"unknown options for rigl: \['prune-rate'\]"):
+    with pytest.raises(ValueError, match="drop_fraction_anneal"):
+        make(SET, model, opt, density=0.1, drop_fraction_anneal="linear")
+    with pytest.raises(ValueError, match=r"unknown options for method 'rigl': \['prune-rate'\]"):
         RigL.from_recipe(model, opt, epochs=1, steps_per_epoch=1, density=0.1, **{"prune-rate": 0.3})
 
 
 def test_from_recipe_names():
-    assert set(METHODS) == {"static", "set", "rigl", "gmp", "granet"}
+    assert [method_class(n) for n in ("static", "set", "rigl", "gmp", "granet")] == [Static, SET, RigL, GMP, GraNet]
     model = net()
-    m = METHODS["granet"].from_recipe(model, sgd(model), epochs=2, steps_per_epoch=5, final_density=0.2, seed=3)
+    m = method_class("granet").from_recipe(model, sgd(model), epochs=2, steps_per_epoch=5, final_density=0.2, seed=3)
     assert isinstance(m, GraNet) and m.schedule.end_step == round(2 * 11 / 16 * 5)

@@ -32,7 +32,7 @@ def _run(rank: int, method_name: str, out_dir: str) -> None:
     model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
-    common = {"epochs": 2, "steps_per_epoch": STEPS // 2, "update_frequency": 2, "seed": 7}
+    common = {"epochs": 2, "steps_per_epoch": STEPS // 2, "update_every": 2, "seed": 7}
     if method_name == "granet":
         method = GraNet(ddp, opt, final_density=0.2, init_density=0.6, final_prune_epoch=1, **common)
     else:

@@ -27,7 +27,7 @@ def test_eval_gate_is_deterministic_and_closes_negative_units():
     with torch.no_grad():
         hc.sites[0].gates.phi.copy_(torch.tensor([-5.0, -0.5, 0.5, 5.0]))
     expected = torch.clamp(torch.sigmoid(torch.tensor([-5.0, -0.5, 0.5, 5.0])) * (ZETA - GAMMA) + GAMMA, 0, 1)
-    assert torch.allclose(hc.test_gates(hc.sites[0]), expected)
+    assert torch.allclose(hc.eval_gates(hc.sites[0]), expected)
     assert hc.architecture()["arch"] == [3]
     model.eval()
     x = torch.randn(2, 3)

@@ -101,7 +101,7 @@ def test_controller_state_round_trip_and_bad_input():
     d.load_state_dict(c.state_dict())
     assert d.state_dict() == c.state_dict()
     for bad in (0.0, 1.0, 1.5, -0.1):
-        with pytest.raises(ValueError, match=r"target_sparsity must be in \(0, 1\)"):
+        with pytest.raises(ValueError, match=r"target_sparsity must be a number in \(0, 1\)"):
             GrowController(bad)
     with pytest.raises(TypeError, match="target_sparsity"):
         GrowController("0.9")

@@ -22,7 +22,7 @@ def _setup(p=1.1, seed=0, **options):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
     opt = LpCGD.for_model(net, lr=0.05, p_first=p, p_rest=p, momentum=0.9, nesterov=True)
-    kw = {"target_sparsity": 0.8, "epochs": 30, "steps_per_epoch": 10, "frequency": 5, "begin": 0.1, "end": 0.9}
+    kw = {"final_density": 0.2, "epochs": 30, "steps_per_epoch": 10, "update_every": 5, "begin": 0.1, "end": 0.9}
     kw.update(options)
     return net, opt, LpSS(net, opt, **kw)
 
@@ -39,13 +39,13 @@ def _train(net, opt, method, steps, seed=1):
 
 
 def test_initial_masks_layers_and_p():
-    net, opt, lpss = _setup(initial_sparsity=0.25)
+    net, opt, lpss = _setup(init_density=0.75)
     assert lpss.layer_p == {"0": 1.1, "2": 1.1}  # the classifier is free but masked
     assert list(lpss.engine.masks) == ["0", "2", "4"]
     for name, m in lpss.engine.masks.items():
         assert int((~m).sum()) == m.numel() - round(0.75 * m.numel())
         assert torch.all(lpss.engine.weight(name)[~m] == 0)
-    assert lpss.metrics()["mask_sparsity"] == pytest.approx(0.25, abs=1e-3)
+    assert lpss.metrics()["density"] == pytest.approx(0.75, abs=1e-3)
     # the constrained weights are the masked dense weights of the optimizer's sphere
     w = net[0].weight.detach()
     torch.testing.assert_close(w, opt.dense_weight(net[0].weight) * lpss.engine.masks["0"])
@@ -55,16 +55,16 @@ def test_update_steps_follow_the_window_and_frequency():
     _, _, lpss = _setup()  # 300 steps: window [30, 270), every 5
     steps = [t for t in range(300) if lpss.is_update_step(t)]
     assert steps[0] == 30 and steps[-1] == 265 and len(steps) == 48
-    assert lpss.drop_schedule(0) == pytest.approx(0.2) and lpss.drop_schedule(240) == pytest.approx(0.0)
+    assert lpss.threshold_schedule(0) == pytest.approx(0.2) and lpss.threshold_schedule(240) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize(("controller", "target"), [("exact", 0.5), ("exact", 0.9), ("reference", 0.8)])
-def test_controller_reaches_the_target_sparsity(controller, target):
-    net, opt, lpss = _setup(target_sparsity=target, controller=controller)
+def test_controller_reaches_the_target_density(controller, target):
+    net, opt, lpss = _setup(final_density=1 - target, controller=controller)
     _train(net, opt, lpss, 300)
     events = lpss.end_epoch()
     assert len(events) == 48
-    assert abs(lpss.metrics()["mask_sparsity"] - target) < 0.01
+    assert abs(lpss.metrics()["density"] - (1 - target)) < 0.01
     # semi-pruning and the sphere: every constrained row of the optimizer's dense weight has norm 1
     for name in lpss.layer_p:
         weight = lpss.engine.weight(name)
@@ -74,41 +74,41 @@ def test_controller_reaches_the_target_sparsity(controller, target):
 
 
 def test_target_ramp_follows_the_cubic_and_the_exact_controller_tracks_it():
-    # window [30, 270): the target ramps over its first half, steps 30..150, from 0.2 to 0.8
+    # window [30, 270): the target density falls over its first half, steps 30..150, from 0.8 to 0.2
     net, opt, lpss = _setup(controller="exact", target_ramp=0.5)
-    cubic = [(60, 0.8 - 0.6 * 0.75**3), (90, 0.8 - 0.6 * 0.5**3)]
-    for t, expected in [(0, 0.2), (30, 0.2), *cubic, (150, 0.8), (290, 0.8)]:
+    cubic = [(60, 0.2 + 0.6 * 0.75**3), (90, 0.2 + 0.6 * 0.5**3)]
+    for t, expected in [(0, 0.8), (30, 0.8), *cubic, (150, 0.2), (290, 0.2)]:
         assert lpss.current_target(t) == pytest.approx(expected)
     _train(net, opt, lpss, 300)
     events = lpss.end_epoch()
     for event in events:
-        assert event["target"] == pytest.approx(lpss.current_target(event["step"]))
+        assert event["target_density"] == pytest.approx(lpss.current_target(event["step"]))
     # while the target rises slowly the exact controller lands on it at every update
     ramp = [e for e in events if e["step"] <= 150]
-    assert max(abs(e["mask_sparsity"] - e["target"]) for e in ramp) < 0.01
-    assert ramp[1]["mask_sparsity"] < 0.3  # gradual, not the reference's jump
-    assert abs(lpss.metrics()["mask_sparsity"] - 0.8) < 0.01
+    assert max(abs(e["density"] - e["target_density"]) for e in ramp) < 0.01
+    assert ramp[1]["density"] > 0.7  # gradual, not the reference's jump
+    assert abs(lpss.metrics()["density"] - 0.2) < 0.01
     # without a ramp the target is constant from the first update
     _, _, flat = _setup()
-    assert flat.current_target(30) == flat.current_target(0) == 0.8
+    assert flat.current_target(30) == flat.current_target(0) == 0.2
 
 
 def test_adapt_threshold_reaches_a_target_the_fixed_threshold_cannot():
     # p = 1.5 spreads each unit's weights, so h <= 0.1 of the row mean drops too little for 0.9
-    options = {"p": 1.5, "target_sparsity": 0.9, "controller": "exact", "drop_fraction": 0.1}
+    options = {"p": 1.5, "final_density": 0.1, "controller": "exact", "drop_threshold": 0.1}
     net, opt, fixed = _setup(**options)
     _train(net, opt, fixed, 300)
-    assert fixed.metrics()["mask_sparsity"] < 0.8
-    assert all(e["threshold"] == e["drop_fraction"] for e in fixed.end_epoch())
+    assert fixed.metrics()["density"] > 0.2
+    assert all(e["threshold"] == e["drop_threshold"] for e in fixed.end_epoch())
     net, opt, adapted = _setup(**options, adapt_threshold=True)
     _train(net, opt, adapted, 300)
     events = adapted.end_epoch()
-    assert events[0]["threshold"] > 1.0 > events[0]["drop_fraction"]  # raised (above the row mean here)
-    assert abs(events[0]["mask_sparsity"] - 0.9) < 0.005  # lands on the target at the first update
-    raised = [e for e in events if e["threshold"] > e["drop_fraction"]]
-    assert all(abs(e["mask_sparsity"] - 0.9) < 0.005 for e in raised)
+    assert events[0]["threshold"] > 1.0 > events[0]["drop_threshold"]  # raised (above the row mean here)
+    assert abs(events[0]["density"] - 0.1) < 0.005  # lands on the target at the first update
+    raised = [e for e in events if e["threshold"] > e["drop_threshold"]]
+    assert all(abs(e["density"] - 0.1) < 0.005 for e in raised)
     assert len(raised) < len(events)  # only where the fixed threshold was not enough
-    assert abs(adapted.metrics()["mask_sparsity"] - 0.9) < 0.005
+    assert abs(adapted.metrics()["density"] - 0.1) < 0.005
 
 
 def test_regrown_constrained_weights_resume_from_their_latent_value():
@@ -156,7 +156,7 @@ def test_metrics_and_snapshot():
     dense = 32 * 64 + 64 * 64 + 64 * 4
     active = sum(int(mask.sum()) for mask in lpss.engine.masks.values())
     assert m["params"] == active and lpss.architecture()["params_dense"] == dense
-    assert m["mask_sparsity"] == pytest.approx(1 - active / dense)
+    assert m["density"] == pytest.approx(active / dense)
     assert set(m["hoyer"]) == {"0", "2"} and 0 < m["hoyer_net"] < 1
     expected_net = (m["hoyer"]["0"] * 2048 + m["hoyer"]["2"] * 4096) / 6144
     assert m["hoyer_net"] == pytest.approx(expected_net)
@@ -201,28 +201,28 @@ def test_from_recipe():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = LpCGD.for_model(net, lr=0.1, p_first=1.3)
-    lpss = LpSS.from_recipe(net, opt, epochs=2, steps_per_epoch=5, target_sparsity=0.5, frequency=2)
-    assert lpss.frequency == 2 and lpss.total_steps == 10
-    with pytest.raises(ValueError, match="unknown LpSS options"):
-        LpSS.from_recipe(net, opt, epochs=2, steps_per_epoch=5, target_sparsity=0.5, sparsity=0.5)
+    lpss = LpSS.from_recipe(net, opt, epochs=2, steps_per_epoch=5, final_density=0.5, update_every=2)
+    assert lpss.update_every == 2 and lpss.total_steps == 10
+    with pytest.raises(ValueError, match=r"unknown options for method 'lpss': \['sparsity'\]"):
+        LpSS.from_recipe(net, opt, epochs=2, steps_per_epoch=5, final_density=0.5, sparsity=0.5)
 
 
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"target_sparsity": 1.0}, ValueError, "target_sparsity"),
-        ({"target_sparsity": 0.0}, ValueError, "target_sparsity"),
+        ({"final_density": 1.0}, ValueError, "final_density"),
+        ({"final_density": 0.0}, ValueError, "final_density"),
         ({"begin": 0.8, "end": 0.2}, ValueError, "begin"),
-        ({"frequency": 0}, ValueError, "frequency"),
-        ({"drop_fraction": 1.5}, ValueError, "drop_fraction"),
-        ({"drop_fraction_anneal": "linear"}, ValueError, "drop_fraction_anneal"),
+        ({"update_every": 0}, ValueError, "update_every"),
+        ({"drop_threshold": 1.5}, ValueError, "drop_threshold"),
+        ({"drop_threshold_anneal": "linear"}, ValueError, "drop_threshold_anneal"),
         ({"grow_score": "signed"}, ValueError, "grow_score"),
         ({"controller": "pid"}, ValueError, "controller"),
-        ({"initial_sparsity": 1.0}, ValueError, "initial_sparsity"),
+        ({"init_density": 0.0}, ValueError, "init_density"),
         ({"target_ramp": 1.5}, ValueError, "target_ramp"),
         ({"adapt_threshold": True}, ValueError, "adapt_threshold needs controller='exact'"),
-        ({"adapt_threshold": 1, "controller": "exact"}, TypeError, "adapt_threshold must be a bool"),
-        ({"target_ramp": 0.5, "initial_sparsity": 0.9}, ValueError, "target_ramp"),
+        ({"adapt_threshold": 1, "controller": "exact"}, TypeError, "adapt_threshold must be True or False"),
+        ({"target_ramp": 0.5, "init_density": 0.1}, ValueError, "target_ramp"),
         ({"epochs": 0}, ValueError, "epochs"),
     ],
 )
@@ -235,11 +235,11 @@ def test_needs_lpcgd_and_gradients():
     net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     sgd = torch.optim.SGD(net.parameters(), lr=0.1)
     with pytest.raises(TypeError, match="LpCGD"):
-        LpSS(net, sgd, target_sparsity=0.5, epochs=1, steps_per_epoch=10)
+        LpSS(net, sgd, final_density=0.5, epochs=1, steps_per_epoch=10)
     with pytest.raises(ValueError, match="no constrained"):
-        LpSS(net, LpCGD(net.parameters(), lr=0.1), target_sparsity=0.5, epochs=1, steps_per_epoch=10)
+        LpSS(net, LpCGD(net.parameters(), lr=0.1), final_density=0.5, epochs=1, steps_per_epoch=10)
     opt = LpCGD.for_model(net, lr=0.1, p_first=1.3)
-    lpss = LpSS(net, opt, target_sparsity=0.5, epochs=1, steps_per_epoch=10, begin=0.0)
+    lpss = LpSS(net, opt, final_density=0.5, epochs=1, steps_per_epoch=10, begin=0.0)
     with pytest.raises(RuntimeError, match="which has none"):
         lpss.step()  # step 0 is an update step, and no backward has run
     for p in net.parameters():  # a loop that zeroes gradients in place before the method's step
@@ -249,20 +249,20 @@ def test_needs_lpcgd_and_gradients():
 
 
 @pytest.mark.parametrize(
-    ("recipe", "target", "p_first", "p_rest"),
+    ("recipe", "density", "p_first", "p_rest"),
     [
-        ("lpss-fashion-s90", 0.9, 1.2, 1.07),
+        ("lpss-fashion-s90", 0.1, 1.2, 1.07),
         ("lpss-fashion-s50", 0.5, 1.4, 1.3),
-        ("lpss-fashion-s90-adaptive", 0.9, 1.3, 1.15),
+        ("lpss-fashion-s90-adaptive", 0.1, 1.3, 1.15),
     ],
 )
-def test_shipped_recipes_build_the_reference_setting(recipe, target, p_first, p_rest):
+def test_shipped_recipes_build_the_reference_setting(recipe, density, p_first, p_rest):
     from neuroplastic.models import get_model
     from neuroplastic.recipes.runner import build_training, resolve
 
     model = get_model("wrn_lpss", num_classes=10, in_channels=1)
     method, (opt,), (schedule,) = build_training(resolve(recipe), model, steps_per_epoch=10)
-    assert isinstance(method, LpSS) and method.target_sparsity == target
+    assert isinstance(method, LpSS) and method.final_density == density
     adaptive = recipe.endswith("adaptive")
     assert method.adapt_threshold is adaptive and method.target_ramp == (0.5 if adaptive else 0.0)
     assert method.controller.mode == ("exact" if adaptive else "reference")

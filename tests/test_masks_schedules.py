@@ -18,7 +18,7 @@ def test_cosine_decay_closed_form_and_stop():
 
 
 def test_cubic_density_closed_form_reaches_final():
-    s = CubicDensity(1.0, 0.05, start_step=100, end_step=1100, frequency=300)
+    s = CubicDensity(1.0, 0.05, start_step=100, end_step=1100, update_every=300)
     assert s(0) == 1.0 and s(100) == 1.0
     for t in (250, 400, 700, 1000):
         assert s(t) == pytest.approx(0.05 + 0.95 * (1 - (t - 100) / 1000) ** 3, rel=1e-12)
@@ -41,7 +41,7 @@ def test_schedule_state_dict_round_trip_and_validation():
         CubicDensity(0.1, 0.5, 0, 10, 1)
     with pytest.raises(ValueError, match="end_step"):
         CubicDensity(1.0, 0.5, 10, 5, 1)
-    with pytest.raises(ValueError, match="frequency"):
+    with pytest.raises(ValueError, match="update_every"):
         CubicDensity(1.0, 0.5, 0, 5, 0)
     with pytest.raises(ValueError, match="initial"):
         CosineDecay(1.5, 0.0, 10)

@@ -166,11 +166,11 @@ def test_user_model_from_module_function(tmp_path, monkeypatch):
         assert model(torch.zeros(1, 4)).shape == (1, 5)
         with pytest.raises(TypeError, match="not an nn.Module"):
             get_model("my_models:not_a_model")
-        with pytest.raises(ValueError, match="no attribute 'missing'"):
+        with pytest.raises(ValueError, match="my_models has no 'missing'"):
             get_model("my_models:missing")
     finally:
         sys.modules.pop("my_models", None)
-    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+    with pytest.raises(ValueError, match="module 'no_such_module_xyz' not found"):
         get_model("no_such_module_xyz:net")
-    with pytest.raises(ValueError, match="module:function"):
+    with pytest.raises(ValueError, match="must be given as 'package.module:name'"):
         get_model("my_models:")

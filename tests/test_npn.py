@@ -200,9 +200,9 @@ def test_expansion_rule_on_scripted_validation_losses():
     assert other.allocated == [5, 4] and other.best_loss == 0.5 and other.k == 5000.0
 
 
-def test_soft_reference_test_gate():
+def test_soft_reference_eval_gate():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
-    npn = NPN(model, k=1.0, gates={"1": "in"}, test_gate="soft_reference")
+    npn = NPN(model, k=1.0, gates={"1": "in"}, eval_gate="soft_reference")
     with torch.no_grad():
         npn.sites[0].gates.phi.copy_(torch.tensor([1.0, -1.0]))
     model.eval()
@@ -222,7 +222,7 @@ def test_soft_reference_test_gate():
         ({"init_active": 500}, "init_active"),
         ({"gates": {"0": "sideways"}}, "side"),
         ({"gates": ["1"]}, "not a Linear/Conv2d"),
-        ({"test_gate": "fuzzy"}, "test_gate"),
+        ({"eval_gate": "fuzzy"}, "eval_gate"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):

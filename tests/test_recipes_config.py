@@ -98,7 +98,7 @@ def test_epoch_keys_are_defined_in_one_place():
     for key in ("epochs", "stages", "milestones", "knots", "step_size", "select_from_epoch", "final_prune_epoch",
                 "rewind_epochs"):
         assert is_epoch_key(key)
-    for key in ("batch_size", "lr", "k", "update_frequency", "epochs_scale", "seed"):
+    for key in ("batch_size", "lr", "k", "update_every", "epochs_scale", "seed"):
         assert not is_epoch_key(key)
 
 

@@ -44,7 +44,7 @@ def test_npn_options_of_the_wrong_kind_are_named(options, message):
 
 
 def test_options_inherited_through_keyword_arguments_are_checked():
-    check_method_options(RigL, {"density": 0.1, "update_frequency": 100})
+    check_method_options(RigL, {"density": 0.1, "update_every": 100})
     with pytest.raises(RecipeError, match="method.density"):
         check_method_options(RigL, {"density": "dense"})
 

@@ -177,7 +177,7 @@ def test_every_shipped_recipe_constructs(name):
     assert len(optimizers) == len(schedules) == (2 if recipe["optim"]["gates"] else 1)
     arch = method.architecture()
     assert 0 < arch["params"] <= arch["params_dense"]
-    assert 0 < runner.live_flops(method, model, spec.input_shape) <= dense_flops
+    assert 0 < method.live_flops(spec.input_shape) <= dense_flops
     n_params = sum(len(g["params"]) for o in optimizers for g in o.param_groups)
     assert n_params == len(list(model.parameters()))  # every parameter is trained by exactly one optimizer
 

@@ -89,7 +89,7 @@ def test_selection_uses_validation_and_never_test(tmp_path):
     assert res.selected_epoch == max(range(5), key=lambda e: (vals[e], -e))
     _, res_last = _run(tmp_path / "last", selection="last")
     assert res_last.selected_epoch == 4
-    _, res_after = _run(tmp_path / "after", select_after=3)
+    _, res_after = _run(tmp_path / "after", select_from_epoch=3)
     assert res_after.selected_epoch >= 3
 
 

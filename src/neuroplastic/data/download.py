@@ -16,12 +16,13 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from neuroplastic.files import write_atomic
 
 ENV_VAR = "NEUROPLASTIC_DATA"
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -100,14 +101,8 @@ def download_url(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> N
     Raises ``OSError`` (``urllib.error.URLError`` included) when the network does not answer.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        write_atomic(dest, lambda out: shutil.copyfileobj(response, out))
 
 
 def _fetch(urls: Sequence[str], dest: Path, md5: str | None) -> list[str]:

@@ -28,17 +28,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from neuroplastic.checks import check_number
 from neuroplastic.lp.geometry import EPS, check_p, from_dual, normalize, project, to_dual
 from neuroplastic.lp.layers import assign_p, constrained_layers, constrained_params
-
-
-def _check_number(value: Any, name: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return float(value)
 
 
 class LpCGD(Optimizer):
@@ -107,11 +99,11 @@ class LpCGD(Optimizer):
                         f"a constrained parameter needs >= 2 dimensions (units on dim 0), got shape "
                         f"{tuple(param.shape)}; give it a group with p=None"
                     )
-        _check_number(group["lr"], "lr", 0.0, 1.0 if p is not None else None)
-        _check_number(group["momentum"], "momentum", 0.0)
-        _check_number(group["dampening"], "dampening", 0.0)
-        _check_number(group["weight_decay"], "weight_decay", 0.0)
-        _check_number(group["eps"], "eps", 0.0)
+        check_number("lr", group["lr"], low=0.0, high=1.0 if p is not None else None)
+        check_number("momentum", group["momentum"], low=0.0)
+        check_number("dampening", group["dampening"], low=0.0)
+        check_number("weight_decay", group["weight_decay"], low=0.0)
+        check_number("eps", group["eps"], low=0.0)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
 

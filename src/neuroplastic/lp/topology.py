@@ -9,14 +9,10 @@ from typing import Any
 
 import torch
 
+from neuroplastic.checks import check_choice, check_fraction, check_number
+from neuroplastic.masks.rules import check_mask
+
 GROW_SCORES = ("abs", "signed_reference")
-
-
-def _check_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-    if mask.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
 
 
 def relative_magnitude(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -25,7 +21,7 @@ def relative_magnitude(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     Rows are units (dim 0); same shape as ``weight``. In a row whose active entries are all zero (or that
     has none) every entry reads ``inf``, so no threshold drops from it.
     """
-    _check_mask(weight, mask)
+    check_mask(mask, weight)
     absw = weight.detach().abs().reshape(weight.shape[0], -1)
     active = mask.reshape(weight.shape[0], -1)
     mean = (absw * active).sum(dim=1, keepdim=True) / active.sum(dim=1, keepdim=True).clamp_min(1)
@@ -41,7 +37,7 @@ def threshold_drop(weight: torch.Tensor, mask: torch.Tensor, h: float) -> torch.
     it drops entries larger than their row's mean (see :func:`adapted_threshold`). Returns a new bool
     tensor; the inputs are not modified.
     """
-    _check_mask(weight, mask)
+    check_mask(mask, weight)
     if not 0.0 <= h < float("inf"):
         raise ValueError(f"drop fraction h must be a finite number >= 0, got {h}")
     return mask & (relative_magnitude(weight, mask) >= h)
@@ -105,20 +101,10 @@ class GrowController:
     def __init__(
         self, target_sparsity: float, initial: float = 0.95, gain: float = 0.1, mode: str = "reference"
     ) -> None:
-        if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, int | float):
-            raise TypeError(f"target_sparsity must be a number in (0, 1), got {target_sparsity!r}")
-        if not 0.0 < target_sparsity < 1.0:
-            raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}")
-        if not initial >= 0.0:
-            raise ValueError(f"grow_fraction must be >= 0, got {initial}")
-        if not 0.0 <= gain < 1.0:
-            raise ValueError(f"grow_fraction_d must be in [0, 1), got {gain}")
-        if mode not in CONTROLLERS:
-            raise ValueError(f"controller must be one of {CONTROLLERS}, got {mode!r}")
-        self.target = float(target_sparsity)
-        self.gain = float(gain)
-        self.mode = mode
-        self.grow_fraction = float(initial)
+        self.target = check_fraction("target_sparsity", target_sparsity, low_open=True, high_open=True)
+        self.grow_fraction = check_number("grow_fraction", initial, low=0.0)
+        self.gain = check_fraction("grow_fraction_d", gain, high_open=True)
+        self.mode = check_choice("controller", mode, CONTROLLERS)
 
     def fraction_for(self, dropped: int, sparsity: float, total: int) -> float:
         """Grow fraction to use in an update that drops ``dropped`` of ``total`` entries at ``sparsity``."""

@@ -20,7 +20,8 @@ def _count(n: int, available: int, what: str) -> int:
     return n
 
 
-def _check_mask(mask: torch.Tensor, other: torch.Tensor, other_name: str) -> None:
+def check_mask(mask: torch.Tensor, other: torch.Tensor, other_name: str = "weight") -> None:
+    """A mask must be a bool tensor of the shape of the tensor it masks (``other``)."""
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
     if mask.shape != other.shape:
@@ -29,7 +30,7 @@ def _check_mask(mask: torch.Tensor, other: torch.Tensor, other_name: str) -> Non
 
 def drop_by_magnitude(weight: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
     """Deactivate the ``n`` active entries of smallest ``|weight|`` (ties: lower flat index first)."""
-    _check_mask(mask, weight, "weight")
+    check_mask(mask, weight, "weight")
     active = mask.flatten().nonzero().squeeze(1)
     n = _count(n, active.numel(), "drop")
     order = torch.sort(weight.detach().flatten()[active].abs(), stable=True).indices
@@ -62,7 +63,7 @@ def grow_by_score(score: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tens
     Only inactive positions are candidates, so exactly ``n`` new connections appear (no under-growth
     when scores are zero or tied, unlike sorting the whole tensor). NaN scores are an error.
     """
-    _check_mask(mask, score, "score")
+    check_mask(mask, score, "score")
     inactive = (~mask).flatten().nonzero().squeeze(1)
     n = _count(n, inactive.numel(), "grow")
     values = score.detach().flatten()[inactive]
@@ -116,7 +117,7 @@ def global_magnitude_masks(
     for n in names:
         s = weights[n].detach().abs().flatten().float()
         if masks is not None:
-            _check_mask(masks[n], weights[n], f"weight {n!r}")
+            check_mask(masks[n], weights[n], f"weight {n!r}")
             s = s.masked_fill(~masks[n].flatten(), -1.0)  # inactive below every |w| >= 0
         scores.append(s)
     flat = torch.cat(scores)

@@ -11,17 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _step(name: str, value: Any, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+from neuroplastic.checks import check_fraction, check_int
 
 
 class _Schedule:
@@ -53,10 +43,10 @@ class CosineDecay(_Schedule):
     _fields = ("initial", "final", "total_steps", "stop_step")
 
     def __init__(self, initial: float, final: float, total_steps: int, stop_step: int | None = None) -> None:
-        self.initial = _number("initial", initial, 0.0, 1.0)
-        self.final = _number("final", final, 0.0, 1.0)
-        self.total_steps = _step("total_steps", total_steps, 1)
-        self.stop_step = None if stop_step is None else _step("stop_step", stop_step)
+        self.initial = check_fraction("initial", initial)
+        self.final = check_fraction("final", final)
+        self.total_steps = check_int("total_steps", total_steps, low=1)
+        self.stop_step = None if stop_step is None else check_int("stop_step", stop_step, low=0)
 
     def __call__(self, step: int) -> float:
         if self.stop_step is not None and step >= self.stop_step:
@@ -71,8 +61,8 @@ class Constant(_Schedule):
     _fields = ("value", "stop_step")
 
     def __init__(self, value: float, stop_step: int | None = None) -> None:
-        self.value = _number("value", value, 0.0, 1.0)
-        self.stop_step = None if stop_step is None else _step("stop_step", stop_step)
+        self.value = check_fraction("value", value)
+        self.stop_step = None if stop_step is None else check_int("stop_step", stop_step, low=0)
 
     def __call__(self, step: int) -> float:
         return 0.0 if self.stop_step is not None and step >= self.stop_step else self.value
@@ -85,26 +75,26 @@ class CubicDensity(_Schedule):
     ``t0 <= t <= t1``; ``init_density`` before ``t0`` and ``final_density`` after ``t1``. In densities:
     ``d_t = d_f + (d_i - d_f) (1 - (t - t0) / (t1 - t0))^3``.
 
-    Pruning happens at the steps where :meth:`is_update_step` is true: every ``frequency`` steps counted
+    Pruning happens at the steps where :meth:`is_update_step` is true: every ``update_every`` steps counted
     from ``start_step``, and always at ``end_step`` itself, so the final density is reached even when
-    ``end_step - start_step`` is not a multiple of ``frequency`` (the reference code stops one update short
+    ``end_step - start_step`` is not a multiple of ``update_every`` (the reference code stops one update short
     and never reaches it, reference §3.5).
     """
 
-    _fields = ("init_density", "final_density", "start_step", "end_step", "frequency")
+    _fields = ("init_density", "final_density", "start_step", "end_step", "update_every")
 
     def __init__(
-        self, init_density: float, final_density: float, start_step: int, end_step: int, frequency: int
+        self, init_density: float, final_density: float, start_step: int, end_step: int, update_every: int
     ) -> None:
-        self.init_density = _number("init_density", init_density, 0.0, 1.0)
-        self.final_density = _number("final_density", final_density, 0.0, 1.0)
+        self.init_density = check_fraction("init_density", init_density)
+        self.final_density = check_fraction("final_density", final_density)
         if self.final_density > self.init_density:
             raise ValueError(f"final_density ({final_density}) must be <= init_density ({init_density})")
-        self.start_step = _step("start_step", start_step)
-        self.end_step = _step("end_step", end_step)
+        self.start_step = check_int("start_step", start_step, low=0)
+        self.end_step = check_int("end_step", end_step, low=0)
         if self.end_step < self.start_step:
             raise ValueError(f"end_step ({end_step}) must be >= start_step ({start_step})")
-        self.frequency = _step("frequency", frequency, 1)
+        self.update_every = check_int("update_every", update_every, low=1)
 
     def __call__(self, step: int) -> float:
         if step < self.start_step:
@@ -115,7 +105,7 @@ class CubicDensity(_Schedule):
         return self.final_density + (self.init_density - self.final_density) * (1.0 - frac) ** 3
 
     def is_update_step(self, step: int) -> bool:
-        """True at ``start_step + j * frequency`` (``j >= 0``) up to ``end_step``, and at ``end_step``."""
+        """True at ``start_step + j * update_every`` (``j >= 0``) up to ``end_step``, and at ``end_step``."""
         if step < self.start_step or step > self.end_step:
             return False
-        return step == self.end_step or (step - self.start_step) % self.frequency == 0
+        return step == self.end_step or (step - self.start_step) % self.update_every == 0

@@ -28,7 +28,7 @@ from neuroplastic.gates.sites import (
     weighted_layers,
 )
 from neuroplastic.methods.base import CapacityMethod
-from neuroplastic.metrics import count_weights
+from neuroplastic.metrics import count_weights, layer_flops
 
 
 def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -153,6 +153,26 @@ class UnitGateMethod(CapacityMethod):
                 prod_out &= cons_in.view(-1, link.repeat).any(1)
         return {name: (m[0], m[1]) for name, m in masks.items()}
 
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """The gate logits ``phi`` of every site, in the model's parameter order."""
+        return split_param_groups(self.model)[1]
+
+    def live_flops(self, input_shape: Sequence[int]) -> int:
+        """Forward FLOPs per example of the open network: every layer's dense FLOPs times its open
+        fraction of outputs times its open fraction of inputs (:meth:`layer_open_masks`, exact for Linear
+        and ungrouped Conv layers; grouped convs count every input). Per input feature: finer than the
+        compacted model, which keeps features it cannot remove (the network's inputs)."""
+        masks = self.layer_open_masks()
+        modules = dict(self.model.named_modules())
+        total = 0.0
+        for name, flops in layer_flops(self.model, tuple(input_shape)).items():
+            if name in masks:
+                open_in, open_out = masks[name]
+                grouped = getattr(modules[name], "groups", 1) != 1
+                flops = flops * float(open_out.float().mean()) * (1.0 if grouped else float(open_in.float().mean()))
+            total += flops
+        return round(total)
+
     def live_weights(self) -> int:
         """Weights whose input feature and output unit are both open (biases excluded)."""
         total = 0
@@ -182,7 +202,7 @@ class UnitGateMethod(CapacityMethod):
         with torch.no_grad():
             return {f"pi/{s.name}": self.keep_prob(s).cpu().numpy().astype("float16") for s in self.sites}
 
-    def eval_gate(self, site: GateSite) -> torch.Tensor:
+    def eval_gates(self, site: GateSite) -> torch.Tensor:
         """The gate values of ``site`` in evaluation mode, one per unit (binary ``phi > 0`` by default)."""
         return (site.gates.phi.detach() > 0).to(site.gates.phi.dtype)
 
@@ -204,7 +224,7 @@ class UnitGateMethod(CapacityMethod):
         plain = copy.deepcopy(self.model)
         modules = dict(plain.named_modules())
         for site in self.sites:
-            z = self.eval_gate(site)
+            z = self.eval_gates(site)
             for point in site.hooks:
                 target = modules[point.module]
                 remove_hooks(target, site)

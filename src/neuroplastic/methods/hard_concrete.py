@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -80,23 +79,15 @@ class HardConcrete(UnitGateMethod):
     def keep_prob(self, site: GateSite) -> torch.Tensor:
         return torch.sigmoid(site.gates.phi - self.beta * math.log(-self.gamma / self.zeta))
 
-    def test_gates(self, site: GateSite) -> torch.Tensor:
-        """The deterministic evaluation gate of each unit of ``site``."""
+    def eval_gates(self, site: GateSite) -> torch.Tensor:
+        """The deterministic evaluation gate of each unit of ``site`` (soft: in [0, 1])."""
         s = torch.sigmoid(site.gates.phi.detach())
         return torch.clamp(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
 
-    def eval_gate(self, site: GateSite) -> torch.Tensor:
-        return self.test_gates(site)
-
     def open_units(self) -> list[torch.Tensor]:
-        return [self.test_gates(s) > 0 for s in self.sites]
+        return [self.eval_gates(s) > 0 for s in self.sites]
 
     def backward(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         loss = closure()
         (loss + self.penalty()).backward()
         return loss.detach()
-
-    @classmethod
-    def from_recipe(cls, model: nn.Module, *, epochs: int, steps_per_epoch: int, **options: Any) -> HardConcrete:
-        """Build from a recipe's ``method`` section (``epochs`` and ``steps_per_epoch`` are unused)."""
-        return cls(model, **options)

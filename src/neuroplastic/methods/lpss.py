@@ -6,12 +6,12 @@ sphere and sparsifies them through the geometry) and one ``lpss.step()`` after e
 
     opt = LpCGD.for_model(model, lr=1 / 256, unconstrained_lr=1.0, p_first=1.2, p_rest=1.07, n_first=4,
                           momentum=0.9, nesterov=True)
-    lpss = LpSS(model, opt, target_sparsity=0.9, epochs=50, steps_per_epoch=len(loader))
+    lpss = LpSS(model, opt, final_density=0.1, epochs=50, steps_per_epoch=len(loader))
 
-What one topology update does (every ``frequency`` steps from ``begin`` to ``end`` of training):
+What one topology update does (every ``update_every`` steps from ``begin`` to ``end`` of training):
 
 1. drop, per masked layer, the active weights below ``h * mean|w|`` of their row's active weights
-   (``h``: the drop fraction, cosine-annealed from ``drop_fraction`` to 0 over the update window);
+   (``h``: the drop threshold, cosine-annealed from ``drop_threshold`` to 0 over the update window);
 2. regrow ``int(dropped * grow_fraction)`` inactive entries (just-dropped ones included) of largest
    row-wise L2-normalised gradient (``|.|`` by default). The gradient is the dense one the training
    loop's backward left in ``weight.grad`` (masked weights are exact zeros, so their gradient is
@@ -26,8 +26,8 @@ than the mask must lose to reach the target raises the threshold for that update
 (:func:`~neuroplastic.lp.topology.adapted_threshold`: the paper's "threshold adaptation"), so milder p,
 whose rows are less concentrated, still reach the target.
 
-The controller's target is ``target_sparsity`` from the first update (the reference), or, with
-``target_ramp > 0``, rises from ``initial_sparsity`` to ``target_sparsity`` along Zhu & Gupta's cubic over
+The controller's target is ``final_density`` from the first update (the reference), or, with
+``target_ramp > 0``, falls from ``init_density`` to ``final_density`` along Zhu & Gupta's cubic over
 the first ``target_ramp`` of the update window (gradual sparsification instead of the reference's jump).
 
 Semi-pruning: a masked constrained weight keeps its dual value in the optimizer (zero gradient and
@@ -38,7 +38,6 @@ Masked unconstrained weights (stem, shortcuts, classifier) are plain zeros and r
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuroplastic.checks import check_bool, check_choice, check_fraction, check_int
 from neuroplastic.lp.geometry import layer_hoyer, mass_support, net_hoyer
 from neuroplastic.lp.lpcgd import LpCGD
 from neuroplastic.lp.topology import GROW_SCORES, GrowController, adapted_threshold, growth_score, threshold_drop
@@ -66,23 +66,6 @@ from neuroplastic.metrics import count_weights, layer_flops
 ANNEALS = ("cosine", "constant")
 
 
-def _fraction(value: Any, name: str, low_open: bool = False, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    bad_low = value <= 0 if low_open else value < 0
-    bad_high = value >= 1 if high_open else value > 1
-    if bad_low or bad_high:
-        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return float(value)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 class LpSS(CapacityMethod):
     """Lp-spherical sparse training (see the module docstring).
 
@@ -90,15 +73,15 @@ class LpSS(CapacityMethod):
     ----------
     model, optimizer:
         The model and its :class:`LpCGD` optimizer (built before this object).
-    target_sparsity:
-        Mask sparsity the controller steers to, in (0, 1).
+    final_density:
+        Mask density the controller steers to, in (0, 1) (the paper's sparsity ``s`` is ``1 - final_density``).
     epochs, steps_per_epoch:
         Length of training, to place the update window.
     begin, end:
         The update window as fractions of training (reference: 0.2 and 0.8).
-    frequency:
+    update_every:
         Optimizer steps between topology updates (the first one is at ``begin``).
-    drop_fraction, drop_fraction_anneal:
+    drop_threshold, drop_threshold_anneal:
         ``h`` at ``begin``, annealed to 0 at ``end`` by ``"cosine"`` (reference) or kept ``"constant"``.
     grow_fraction, grow_fraction_d:
         Initial grow fraction (reference 0.95) and the controller's gain (reference 0.1).
@@ -112,10 +95,10 @@ class LpSS(CapacityMethod):
         ``controller="exact"``); off by default (the reference's fixed ``h``).
     target_ramp:
         Fraction of the update window, in [0, 1], over which the controller's target rises from
-        ``initial_sparsity`` to ``target_sparsity`` along a cubic (:class:`~neuroplastic.masks.CubicDensity`);
-        0 (default, the reference) steers to ``target_sparsity`` from the first update.
-    initial_sparsity:
-        Sparsity of the random initial mask of every masked layer (reference 0.2).
+        ``init_density`` to ``final_density`` along a cubic (:class:`~neuroplastic.masks.CubicDensity`);
+        0 (default, the reference) steers to ``final_density`` from the first update.
+    init_density:
+        Density of the random initial mask of every masked layer (reference 0.8: sparsity 0.2).
     include, exclude:
         Passed to :class:`~neuroplastic.masks.MaskEngine`: which Linear/Conv layers get masks
         (default all, as the reference: stem, shortcuts and classifier included).
@@ -129,27 +112,28 @@ class LpSS(CapacityMethod):
     """
 
     name = "lpss"
+    takes_optimizer = True
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: LpCGD,
         *,
-        target_sparsity: float,
+        final_density: float,
         epochs: int,
         steps_per_epoch: int,
         begin: float = 0.2,
         end: float = 0.8,
-        frequency: int = 40,
-        drop_fraction: float = 0.2,
-        drop_fraction_anneal: str = "cosine",
+        update_every: int = 40,
+        drop_threshold: float = 0.2,
+        drop_threshold_anneal: str = "cosine",
         grow_fraction: float = 0.95,
         grow_fraction_d: float = 0.1,
         grow_score: str = "abs",
         controller: str = "reference",
         target_ramp: float = 0.0,
         adapt_threshold: bool = False,
-        initial_sparsity: float = 0.2,
+        init_density: float = 0.8,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         seed: int = 0,
@@ -160,40 +144,35 @@ class LpSS(CapacityMethod):
         if not isinstance(optimizer, LpCGD):
             raise TypeError(f"optimizer must be a neuroplastic.lp.LpCGD, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.controller = GrowController(target_sparsity, grow_fraction, grow_fraction_d, controller)
-        self.target_sparsity = self.controller.target
-        begin, end = _fraction(begin, "begin"), _fraction(end, "end")
+        # the controller works in sparsity, the reference's terms
+        final_density = check_fraction("final_density", final_density, low_open=True, high_open=True)
+        self.controller = GrowController(1.0 - final_density, grow_fraction, grow_fraction_d, controller)
+        self.final_density = final_density
+        begin, end = check_fraction("begin", begin), check_fraction("end", end)
         if begin >= end:
             raise ValueError(f"begin ({begin}) must be < end ({end})")
-        self.total_steps = _positive_int(epochs, "epochs") * _positive_int(steps_per_epoch, "steps_per_epoch")
+        self.total_steps = check_int("epochs", epochs, low=1) * check_int("steps_per_epoch", steps_per_epoch, low=1)
         self.begin_step = round(begin * self.total_steps)
         self.end_step = max(round(end * self.total_steps), self.begin_step + 1)
-        self.frequency = _positive_int(frequency, "frequency")
-        h0 = _fraction(drop_fraction, "drop_fraction")
-        if drop_fraction_anneal not in ANNEALS:
-            raise ValueError(f"drop_fraction_anneal must be one of {ANNEALS}, got {drop_fraction_anneal!r}")
+        self.update_every = check_int("update_every", update_every, low=1)
+        h0 = check_fraction("drop_threshold", drop_threshold)
         window = self.end_step - self.begin_step
-        self.drop_schedule = CosineDecay(h0, 0.0, window) if drop_fraction_anneal == "cosine" else Constant(h0)
-        if grow_score not in GROW_SCORES:
-            raise ValueError(f"grow_score must be one of {GROW_SCORES}, got {grow_score!r}")
-        self.grow_score = grow_score
-        self.sample_size = _positive_int(sample_size, "sample_size")
-        initial_sparsity = _fraction(initial_sparsity, "initial_sparsity", high_open=True)
-        if not isinstance(adapt_threshold, bool):
-            raise TypeError(f"adapt_threshold must be a bool, got {adapt_threshold!r}")
+        anneal = check_choice("drop_threshold_anneal", drop_threshold_anneal, ANNEALS)
+        self.threshold_schedule = CosineDecay(h0, 0.0, window) if anneal == "cosine" else Constant(h0)
+        self.grow_score = check_choice("grow_score", grow_score, GROW_SCORES)
+        self.sample_size = check_int("sample_size", sample_size, low=1)
+        init_density = check_fraction("init_density", init_density, low_open=True)
+        self.adapt_threshold = check_bool("adapt_threshold", adapt_threshold)
         if adapt_threshold and controller != "exact":
             raise ValueError(f"adapt_threshold needs controller='exact', got controller={controller!r}")
-        self.adapt_threshold = adapt_threshold
-        self.target_ramp = _fraction(target_ramp, "target_ramp")
-        if self.target_ramp > 0 and initial_sparsity > self.target_sparsity:
+        self.target_ramp = check_fraction("target_ramp", target_ramp)
+        if self.target_ramp > 0 and init_density < final_density:
             raise ValueError(
-                f"target_ramp needs initial_sparsity ({initial_sparsity}) <= target_sparsity "
-                f"({self.target_sparsity}): the ramp only raises sparsity"
+                f"target_ramp needs init_density ({init_density}) >= final_density "
+                f"({final_density}): the ramp only lowers the density"
             )
         ramp_end = self.begin_step + round(self.target_ramp * window)
-        self.target_schedule = CubicDensity(
-            1.0 - initial_sparsity, 1.0 - self.target_sparsity, self.begin_step, ramp_end, self.frequency
-        )
+        self.target_schedule = CubicDensity(init_density, final_density, self.begin_step, ramp_end, self.update_every)
         self.steps = 0
         self.events: list[dict[str, Any]] = []
 
@@ -214,7 +193,7 @@ class LpSS(CapacityMethod):
         shapes = self.engine.shapes()
         generator = torch.Generator().manual_seed(int(seed))
         device = next(iter(self.engine.masks.values())).device
-        masks = random_masks(shapes, uniform(shapes, 1.0 - initial_sparsity), generator, device=device)
+        masks = random_masks(shapes, uniform(shapes, init_density), generator, device=device)
         self.engine.set_masks(masks)
         self._attach()
         self._flops = layer_flops(unwrap(model), input_shape) if input_shape is not None else None
@@ -230,15 +209,15 @@ class LpSS(CapacityMethod):
                     weight.copy_(self.optimizer.dense_weight(weight) * mask)
 
     def current_target(self, step: int | None = None) -> float:
-        """The controller's target sparsity at ``step`` (default: now); constant when ``target_ramp == 0``."""
+        """The controller's target density at ``step`` (default: now); constant when ``target_ramp == 0``."""
         step = self.steps if step is None else step
         if self.target_ramp == 0:
-            return self.target_sparsity
-        return 1.0 - self.target_schedule(step)
+            return self.final_density
+        return self.target_schedule(step)
 
     def is_update_step(self, step: int) -> bool:
-        """True at ``begin_step + j * frequency`` before ``end_step``."""
-        return self.begin_step <= step < self.end_step and (step - self.begin_step) % self.frequency == 0
+        """True at ``begin_step + j * update_every`` before ``end_step``."""
+        return self.begin_step <= step < self.end_step and (step - self.begin_step) % self.update_every == 0
 
     # -- training-loop hooks -----------------------------------------------------------------------
     def step(self) -> None:
@@ -251,8 +230,8 @@ class LpSS(CapacityMethod):
     @torch.no_grad()
     def update_topology(self) -> dict[str, Any]:
         """One drop/grow update of every masked layer (needs the gradients of the last backward)."""
-        h = self.drop_schedule(self.steps - self.begin_step)
-        self.controller.target = self.current_target()
+        h = self.threshold_schedule(self.steps - self.begin_step)
+        self.controller.target = 1.0 - self.current_target()
         sparsity_before = 1.0 - self.engine.density()
         dense_gradients({name: self.engine.weight(name) for name in self.engine.masks}, "LpSS")  # present, not all 0
         keeps = {}
@@ -282,13 +261,13 @@ class LpSS(CapacityMethod):
             "event": "lpss_update",
             "step": self.steps,
             "epoch": self.epoch,
-            "drop_fraction": h,
+            "drop_threshold": h,
             "threshold": threshold,
             "grow_fraction": grow_fraction,
             "dropped": dropped,
             "grown": grown,
-            "mask_sparsity": sparsity,
-            "target": self.controller.target,
+            "density": 1.0 - sparsity,
+            "target_density": 1.0 - self.controller.target,
         }
         self.controller.update(sparsity, h)
         self.events.append(event)
@@ -311,7 +290,8 @@ class LpSS(CapacityMethod):
         return {"params": dense - masked_off, "params_dense": dense, "constrained": dict(self.layer_p)}
 
     def metrics(self) -> dict[str, Any]:
-        """Mask sparsity, Hoyer sparsity per constrained layer and for them together, live params.
+        """Mask density (total and per layer), Hoyer sparsity per constrained layer and for them together,
+        live params.
 
         ``constrained_live``: active entries of the constrained layers; ``constrained_used``: of those, the
         fewest per unit that carry 99% of the unit's squared L2 norm (:func:`~neuroplastic.lp.mass_support`),
@@ -320,7 +300,7 @@ class LpSS(CapacityMethod):
         weights = self._constrained_weights()
         nonzero = sum(int(torch.count_nonzero(self.engine.weight(n))) for n in self.engine.masks)
         return {
-            "mask_sparsity": 1.0 - self.engine.density(),
+            "density": self.engine.density(),
             "layer_density": self.engine.layer_density(),
             "hoyer": {name: layer_hoyer(w) for name, w in weights.items()},
             "hoyer_net": net_hoyer(weights),
@@ -329,7 +309,7 @@ class LpSS(CapacityMethod):
             "constrained_live": sum(int(self.engine.masks[n].sum()) for n in weights if n in self.engine.masks),
             "constrained_used": sum(int(mass_support(w).sum()) for w in weights.values()),
             "grow_fraction": self.controller.grow_fraction,
-            "drop_fraction": self.drop_schedule(max(self.steps - self.begin_step, 0)),
+            "drop_threshold": self.threshold_schedule(max(self.steps - self.begin_step, 0)),
             "flops_sparse_inference": self._sparse_flops(),
         }
 
@@ -366,15 +346,3 @@ class LpSS(CapacityMethod):
         self.controller.load_state_dict(state["controller"])
         self.engine.load_state_dict(state["engine"])
         self._attach()
-
-    @classmethod
-    def from_recipe(
-        cls, model: nn.Module, optimizer: LpCGD, *, epochs: int, steps_per_epoch: int, **options: Any
-    ) -> LpSS:
-        """Build from a recipe's ``method`` options (the keywords of :class:`LpSS`); unknown keys are errors."""
-        fixed = {"self", "model", "optimizer", "epochs", "steps_per_epoch"}
-        allowed = set(inspect.signature(cls.__init__).parameters) - fixed
-        unknown = set(options) - allowed
-        if unknown:
-            raise ValueError(f"unknown LpSS options {sorted(unknown)}; allowed: {sorted(allowed)}")
-        return cls(model, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch, **options)

@@ -30,7 +30,7 @@ from neuroplastic.gates.stages import K_FROZEN, StageSchedule
 from neuroplastic.methods.gated import UnitGateMethod, split_param_groups  # noqa: F401 - re-exported
 
 MODES = ("sparse", "expand")
-TEST_GATES = ("binary", "soft_reference")
+EVAL_GATES = ("binary", "soft_reference")
 SAMPLING = ("batch", "sample")
 EXPAND_TRIGGERS = ("val_loss", "regularized")
 OPEN_LOGIT = 3.0  # k * phi of an open unit at construction: pi = sigmoid(3) = 0.95
@@ -62,7 +62,7 @@ class NPN(UnitGateMethod):
     estimator : ``"arm"`` (two passes, antithetic) or ``"ar"`` (one pass).
     sampling : ``"batch"`` (one ``u`` per gate per mini-batch, as the paper) or ``"sample"`` (one per
         gate per example; the closure must then return per-example losses).
-    test_gate : ``"binary"`` (``phi > 0`` open, default) or ``"soft_reference"`` (the reference code's
+    eval_gate : ``"binary"`` (``phi > 0`` open, default) or ``"soft_reference"`` (the reference code's
         ``pi`` where ``pi >= 0.5``).
     fill : ``k*phi`` given to a unit opened by expansion (the reference uses 0.1, 0 or 3 per script;
         must be >= 0). An allocated unit counts as open for the expansion test while ``phi >= 0``
@@ -108,7 +108,7 @@ class NPN(UnitGateMethod):
         gate: str = "sigmoid",
         estimator: str = "arm",
         sampling: str = "batch",
-        test_gate: str = "binary",
+        eval_gate: str = "binary",
         fill: float = OPEN_LOGIT,
         expand_step: int = 1,
         anti_fraction: float = 1.0,
@@ -125,8 +125,8 @@ class NPN(UnitGateMethod):
             raise ValueError(f"estimator must be one of {estimators.ESTIMATORS}, got {estimator!r}")
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-        if test_gate not in TEST_GATES:
-            raise ValueError(f"test_gate must be one of {TEST_GATES}, got {test_gate!r}")
+        if eval_gate not in EVAL_GATES:
+            raise ValueError(f"eval_gate must be one of {EVAL_GATES}, got {eval_gate!r}")
         if expand_step < 1:
             raise ValueError(f"expand_step must be >= 1, got {expand_step}")
         if isinstance(anti_fraction, bool) or not isinstance(anti_fraction, (int, float)) or not 0 < anti_fraction <= 1:
@@ -150,7 +150,7 @@ class NPN(UnitGateMethod):
         self.gate_fn = gate_function(gate)
         self.estimator = estimator
         self.sampling = sampling
-        self.test_gate = test_gate
+        self.eval_gate = eval_gate
         self.fill = float(fill)
         self.expand_step = int(expand_step)
         self.expand_fraction = float(expand_fraction)
@@ -174,7 +174,7 @@ class NPN(UnitGateMethod):
                 site.gates.phi.fill_(HIBERNATING_LOGIT / self.schedule.k)
                 site.gates.phi[:n_active] = OPEN_LOGIT / self.schedule.k
             site.gates.prob_fn = self.gate_fn.prob
-            site.gates.eval_phase = "open" if test_gate == "binary" else "soft"
+            site.gates.eval_phase = "open" if eval_gate == "binary" else "soft"
             site.gates.per_sample = sampling == "sample"
             site.gates.generator = self.generator
             self.allocated.append(n_active)
@@ -351,9 +351,9 @@ class NPN(UnitGateMethod):
             self._checking = False
 
     # -- reporting ------------------------------------------------------------------------------
-    def eval_gate(self, site) -> torch.Tensor:
+    def eval_gates(self, site) -> torch.Tensor:
         phi = site.gates.phi.detach()
-        if self.test_gate == "binary":
+        if self.eval_gate == "binary":
             return (phi > 0).to(phi.dtype)
         pi = self.gate_fn.prob(phi, self.k)
         return pi * (pi >= 0.5).to(pi.dtype)
@@ -381,11 +381,13 @@ class NPN(UnitGateMethod):
         self.set_epoch(state["epoch"])
 
     @classmethod
-    def from_recipe(cls, model: nn.Module, *, epochs: int, steps_per_epoch: int, **options: Any) -> NPN:
-        """Build from a recipe's ``method`` section (``epochs`` and ``steps_per_epoch`` are unused)."""
+    def from_recipe(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, epochs: int,
+                    steps_per_epoch: int, example_input: torch.Tensor | None = None, **options: Any) -> NPN:
+        """Build from a recipe's ``method`` section; its ``stages`` must end within the run's ``epochs``."""
         if "stages" in options and options["stages"] is not None and options["stages"][1] > epochs:
             raise ValueError(f"method.stages {options['stages']} end after the run's {epochs} epochs")
-        return cls(model, **options)
+        return super().from_recipe(model, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                   example_input=example_input, **options)
 
 
 @contextmanager

@@ -53,12 +53,11 @@ import torch
 from torch import nn
 
 from neuroplastic.gates.sites import weighted_layers
-from neuroplastic.gates.stages import K_FROZEN
-from neuroplastic.methods.npn import HIBERNATING_LOGIT, NPN, OPEN_LOGIT
+from neuroplastic.methods.npn import HIBERNATING_LOGIT, NPN
 from neuroplastic.metrics import count_weights
 from neuroplastic.structure import grow, select_units, trace_unit_groups
 from neuroplastic.structure.grow import insertion_src
-from neuroplastic.structure.optim_surgery import Optimizers, _as_list
+from neuroplastic.structure.optim_surgery import Optimizers, as_optimizer_list
 from neuroplastic.structure.surgery import resize_tensor, unit_positions
 from neuroplastic.structure.trace import UnitGroup
 
@@ -79,7 +78,10 @@ class PhysicalGroup:
 class PhysicalNPN(NPN):
     """:class:`NPN` on a network that physically holds only the units it uses.
 
-    Parameters (beyond :class:`NPN`'s)
+    Takes every option of :class:`NPN` (``options`` go to it unchanged); ``mode`` and ``k`` default to
+    expansion at ``k = 1``, the paper's setting for growing. Its own parameters:
+
+    Parameters
     ----------
     mode : ``"expand"`` (start from ``init_active`` units plus the reserve, grow for real) or
         ``"sparse"`` (start full size, shrink for real).
@@ -96,7 +98,8 @@ class PhysicalNPN(NPN):
         :meth:`bind_optimizers` once they do (a resize without bound optimizers raises).
     """
 
-    name = "npn"
+    name = "npn_physical"
+    resizes_model = True
 
     def __init__(
         self,
@@ -111,24 +114,7 @@ class PhysicalNPN(NPN):
         remove_below: float = 1e-3,
         example_input: torch.Tensor | None = None,
         optimizers: Optimizers = None,
-        gates: str | Sequence[str] | dict[str, str] | None = None,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        init_active: int | Sequence[int] | dict[str, int] | None = None,
-        stages: Sequence[int] | None = None,
-        k_frozen: float = K_FROZEN,
-        gate: str = "sigmoid",
-        estimator: str = "arm",
-        sampling: str = "batch",
-        test_gate: str = "binary",
-        fill: float = OPEN_LOGIT,
-        expand_step: int = 1,
-        expand_fraction: float = 0.0,
-        expand_every: int | None = None,
-        expand_val_batches: int | None = None,
-        expand_trigger: str = "val_loss",
-        anti_fraction: float = 1.0,
-        seed: int = 0,
+        **options: Any,
     ) -> None:
         if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 1:
             raise ValueError(f"reserve must be an int >= 1, got {reserve!r}")
@@ -149,18 +135,13 @@ class PhysicalNPN(NPN):
         self._pending: list[dict[str, Any]] = []  # removals made by set_epoch, reported by the next end_epoch
         self._ready = False  # NPN.__init__ calls set_epoch before the groups exist
         # None: not bound yet (a resize raises); [] after bind_optimizers([]): the model has none
-        self.optimizers: list[torch.optim.Optimizer] | None = None if optimizers is None else _as_list(optimizers)
+        self.optimizers: list[torch.optim.Optimizer] | None = (
+            None if optimizers is None else as_optimizer_list(optimizers))
         full_layers = weighted_layers(model)
         # the full-size fan-ins: new units are drawn as the full-size layers would draw them
         self._full_fan_in = {name: m.weight[0].numel() for name, m in full_layers.items()}
         self._params_full = count_weights(model)
-        super().__init__(model, mode, k, lam, gates=gates, include=include, exclude=exclude,
-                         init_active=init_active, stages=stages, k_frozen=k_frozen, gate=gate,
-                         estimator=estimator, sampling=sampling, test_gate=test_gate, fill=fill,
-                         expand_step=expand_step, expand_fraction=expand_fraction, expand_every=expand_every,
-                         expand_val_batches=expand_val_batches, expand_trigger=expand_trigger,
-                         anti_fraction=anti_fraction, seed=seed,
-                         example_input=example_input)
+        super().__init__(model, mode, k, lam, example_input=example_input, **options)
         self._example = example_input[:2].detach()
         self._groups = self._trace()
         self.groups, self.physical_sites = self._plan()
@@ -175,18 +156,10 @@ class PhysicalNPN(NPN):
         self._load_hook = model.register_load_state_dict_pre_hook(self._before_model_load)
         self._ready = True
 
-    @classmethod
-    def from_recipe(cls, model: nn.Module, *, epochs: int, steps_per_epoch: int,
-                    example_input: torch.Tensor | None = None, **options: Any) -> PhysicalNPN:
-        """Build from a recipe's ``method`` section; the runner passes ``example_input`` (a batch of
-        zeros of the data's input shape) and binds the optimizers once it has built them."""
-        return super().from_recipe(model, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                   example_input=example_input, **options)
-
-    def bind_optimizers(self, optimizers: Optimizers) -> None:
+    def bind_optimizers(self, optimizers: Optimizers, schedules: Sequence[Any] = ()) -> None:
         """The optimizer(s) whose parameters and state follow every resize of the model (``[]`` when
         the model is not being trained, e.g. to load a checkpoint for evaluation)."""
-        self.optimizers = _as_list(optimizers)
+        self.optimizers = as_optimizer_list(optimizers)
 
     # -- which sites are physically sized -------------------------------------------------------
     def _trace(self) -> list[UnitGroup]:
@@ -354,7 +327,7 @@ class PhysicalNPN(NPN):
         for pg in self.groups:
             for i, _ in pg.sites:
                 site = self.sites[i]
-                removable[i] = (site.gates.phi.detach() <= 0) & (self.eval_gate(site) == 0)
+                removable[i] = (site.gates.phi.detach() <= 0) & (self.eval_gates(site) == 0)
         events = self._remove(removable, "closed at hardening")
         self.events.extend(events)
         return events

@@ -34,8 +34,10 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from neuroplastic.checks import check_choice, check_fraction, check_int
 from neuroplastic.masks import kept_count
-from neuroplastic.methods.dst import MaskMethod, _fraction, _positive_int
+from neuroplastic.methods.dst import DISTRIBUTIONS
+from neuroplastic.methods.mask_method import MaskMethod
 
 REWIND_MODES = ("weights", "lr")
 
@@ -44,6 +46,7 @@ class IterativePruning(MaskMethod):
     """Iterative magnitude pruning in rounds, with weight rewinding or learning-rate rewinding."""
 
     name = "imp"
+    from_runner = ("steps_per_epoch",)  # the length of the run follows from the rounds
 
     def __init__(
         self,
@@ -61,22 +64,18 @@ class IterativePruning(MaskMethod):
         scheduler: LambdaLR | None = None,
         **kw: Any,
     ) -> None:
-        self.rounds = _positive_int("rounds", rounds)
-        self.epochs_per_round = _positive_int("epochs_per_round", epochs_per_round)
+        self.rounds = check_int("rounds", rounds, low=1)
+        self.epochs_per_round = check_int("epochs_per_round", epochs_per_round, low=1)
         if (final_density is None) == (density_per_round is None):
             raise ValueError("give exactly one of final_density and density_per_round")
         if final_density is not None:
-            self.final_density = _fraction("final_density", final_density)
+            self.final_density = check_fraction("final_density", final_density, low_open=True)
         else:
-            self.final_density = _fraction("density_per_round", density_per_round) ** self.rounds
-        if rewind not in REWIND_MODES:
-            raise ValueError(f"rewind must be one of {REWIND_MODES}, got {rewind!r}")
-        if isinstance(rewind_epoch, bool) or not isinstance(rewind_epoch, int):
-            raise ValueError(f"rewind_epoch must be an int, got {rewind_epoch!r}")
-        if not 0 <= rewind_epoch < self.epochs_per_round:
+            self.final_density = check_fraction("density_per_round", density_per_round, low_open=True) ** self.rounds
+        check_choice("rewind", rewind, REWIND_MODES)
+        if not 0 <= check_int("rewind_epoch", rewind_epoch) < self.epochs_per_round:
             raise ValueError(f"rewind_epoch must be in [0, epochs_per_round={epochs_per_round}), got {rewind_epoch}")
-        if distribution not in ("global", "layerwise"):
-            raise ValueError(f"distribution must be 'global' or 'layerwise', got {distribution!r}")
+        check_choice("distribution", distribution, DISTRIBUTIONS)
         if scheduler is not None and not isinstance(scheduler, LambdaLR):
             raise TypeError(f"scheduler must be a per-step LambdaLR (closed form of the step), got {type(scheduler)}")
         if optimizer is None:
@@ -90,6 +89,15 @@ class IterativePruning(MaskMethod):
         self._rewind_point: dict[str, Any] | None = None
         if rewind_epoch == 0:
             self._save_rewind_point()
+
+    def bind_optimizers(self, optimizers: Any, schedules: Any = ()) -> None:
+        """Take the per-step ``LambdaLR`` of this method's optimizer from ``schedules`` (when no
+        ``scheduler`` was given), so that every round restarts it at the rewind epoch."""
+        if self.scheduler is None:
+            mine = [s for s in schedules if isinstance(s, LambdaLR) and s.optimizer is self.engine.optimizer]
+            if len(mine) > 1:
+                raise ValueError(f"{len(mine)} LR schedules drive this method's optimizer; give scheduler= yourself")
+            self.scheduler = mine[0] if mine else None
 
     def _save_rewind_point(self) -> None:
         self._rewind_point = {
@@ -162,10 +170,18 @@ class IterativePruning(MaskMethod):
 
     @classmethod
     def from_recipe(
-        cls, model: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int, **options: Any
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        example_input: torch.Tensor | None = None,
+        **options: Any,
     ) -> IterativePruning:
         """Build from recipe options; the recipe's ``epochs`` must equal the run's :attr:`total_epochs`."""
-        method = cls(model, optimizer, steps_per_epoch=steps_per_epoch, **options)
+        method = super().from_recipe(model, optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                     example_input=example_input, **options)
         if epochs != method.total_epochs:
             raise ValueError(
                 f"epochs ({epochs}) must equal epochs_per_round + rounds * (epochs_per_round - rewind_epoch) "

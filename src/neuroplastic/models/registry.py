@@ -7,10 +7,11 @@ that structure tools can pair each Conv with the BatchNorm that follows it.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from torch import nn
+
+from neuroplastic.imports import import_object
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -35,19 +36,8 @@ def list_models() -> list[str]:
 
 
 def load_factory(spec: str) -> ModelFactory:
-    """Import the callable named by ``"package.module:function"`` (a user's own model factory)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"a user model must be given as 'module:function', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} of user model {spec!r}: {exc}") from exc
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r} (user model {spec!r})")
-        obj = getattr(obj, part)
+    """The callable named by ``"package.module:function"`` (a user's own model factory)."""
+    obj = import_object(spec, f"user model {spec!r}")
     if not callable(obj):
         raise TypeError(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
     return obj

@@ -108,7 +108,8 @@ def plot_lp_weights(
 def plot_lp_hoyer(run: RunData, out_path: str | Path, *, width_px: int = WIDTH_PX, height_px: int = 560) -> Path:
     """Hoyer sparsity per layer (``hoyer``) and of the whole network (``hoyer_net``) over epochs.
 
-    A second panel shows ``mask_sparsity`` when the run records it.
+    A second panel shows the mask ``density`` when the run records it (run folders written before the
+    option rename record ``mask_sparsity``, drawn as ``1 - mask_sparsity``).
 
     Raises
     ------
@@ -117,7 +118,8 @@ def plot_lp_hoyer(run: RunData, out_path: str | Path, *, width_px: int = WIDTH_P
     """
     run.require_fields(["hoyer", "hoyer_net"], PLOT, any_of=True)
     fig = new_figure(width_px, height_px)
-    has_mask = run.has_field("mask_sparsity")
+    density_key = next((k for k in ("density", "mask_sparsity") if run.has_field(k)), None)
+    has_mask = density_key is not None
     axes = fig.subplots(2 if has_mask else 1, 1, sharex=True, squeeze=False)[:, 0]
     top = axes[0]
     if run.has_field("hoyer"):
@@ -131,9 +133,12 @@ def plot_lp_hoyer(run: RunData, out_path: str | Path, *, width_px: int = WIDTH_P
     if top.get_legend_handles_labels()[0]:
         top.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     if has_mask:
-        epochs, sparsity = run.series("mask_sparsity")
-        axes[1].plot(epochs, np.array(sparsity, dtype=float), color="tab:green", lw=1.8)
-        axes[1].set_ylabel("mask sparsity")
+        epochs, values = run.series(density_key)
+        density = np.array(values, dtype=float)
+        if density_key == "mask_sparsity":
+            density = 1.0 - density
+        axes[1].plot(epochs, density, color="tab:green", lw=1.8)
+        axes[1].set_ylabel("mask density")
     spans = stage_spans(run)
     for i, ax in enumerate(axes):
         draw_stages(ax, spans, label=i == 0)

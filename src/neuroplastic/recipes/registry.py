@@ -1,25 +1,25 @@
 """Method names of the recipes -> the classes that implement them, imported only when used.
 
 A recipe's ``method.name`` is one of :data:`METHODS` or a ``"module:Class"`` path to a user's own
-:class:`~neuroplastic.methods.base.CapacityMethod` subclass. A method class plugs into the runner with a
-``from_recipe`` classmethod::
+:class:`~neuroplastic.methods.base.CapacityMethod` subclass. Every method is built the same way, through
+the protocol the base class declares (``option_names``, ``takes_optimizer``, ``from_recipe``)::
 
-    Class.from_recipe(model, [optimizer | optimizers,] *, epochs, steps_per_epoch, **options)
+    Class.from_recipe(model, optimizer_or_None, *, epochs, steps_per_epoch, example_input, **options)
 
-Methods that take an ``optimizer`` (mask methods zero its state on pruned weights) get the weights
-optimizer, built first; methods that do not (NPN) are built first, since they may add parameters (gate
-logits) to the model that the optimizers must then see.
+Methods with ``takes_optimizer`` (mask methods zero its state on pruned weights) get the weights
+optimizer, built first; the others (NPN) are built first, since they may add parameters (gate logits)
+to the model that the optimizers must then see.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from neuroplastic.imports import ObjectNotFound, import_object
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.recipes.config import RecipeError
 
@@ -33,29 +33,17 @@ METHODS: dict[str, str] = {
     "rigl": "neuroplastic.methods.dst:RigL",
     "gmp": "neuroplastic.methods.dst:GMP",
     "granet": "neuroplastic.methods.dst:GraNet",
+    "imp": "neuroplastic.methods.rewind:IterativePruning",
     "lpss": "neuroplastic.methods.lpss:LpSS",
 }
 
-# arguments of ``from_recipe`` that the runner supplies; everything else is a recipe option
-_RUNNER_ARGS = {"cls", "model", "optimizer", "optimizers", "epochs", "steps_per_epoch"}
-
 
 def load_object(path: str, what: str = "object") -> Any:
-    """Import ``"package.module:attribute"``; a clear :class:`RecipeError` when it cannot."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise RecipeError(f"{what} path must look like 'package.module:name', got {path!r}")
+    """Import ``"package.module:attribute"``; a :class:`RecipeError` when it names nothing importable."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        # only a missing target module is "not available"; a broken import inside it is a real bug
-        if err.name is not None and module_name.startswith(err.name):
-            raise RecipeError(f"{what} is not available: module {err.name!r} not found") from None
-        raise
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise RecipeError(f"{what} is not available: {module_name} has no {attr!r}") from None
+        return import_object(path, what)
+    except ObjectNotFound as err:
+        raise RecipeError(str(err)) from None
 
 
 def method_class(name: str) -> type[CapacityMethod]:
@@ -69,59 +57,28 @@ def method_class(name: str) -> type[CapacityMethod]:
     cls = load_object(path, what=f"method {name!r}" if path == name else f"method {name!r} ({path})")
     if not (isinstance(cls, type) and issubclass(cls, CapacityMethod)):
         raise RecipeError(f"method {name!r} ({path}) is not a CapacityMethod subclass")
-    if cls is not CapacityMethod and not hasattr(cls, "from_recipe"):
-        raise RecipeError(f"method {name!r} ({path}) has no from_recipe classmethod, so recipes cannot build it")
     return cls
 
 
-def method_option_keys(name: str) -> set[str] | None:
-    """The recipe options ``method.<key>`` the method accepts (``None``: not checkable, any key goes).
-
-    When ``from_recipe`` forwards ``**options`` to the constructor (``cls(model, **options)``), the
-    constructor's keyword parameters are the options.
-    """
-    cls = method_class(name)
-    if cls is CapacityMethod:
-        return set()
-    for fn in (cls.from_recipe, cls.__init__):
-        params = inspect.signature(fn).parameters.values()
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            return {p.name for p in params if p.name not in _RUNNER_ARGS and p.name != "self"
-                    and p.kind is not inspect.Parameter.VAR_POSITIONAL}
-    return None
-
-
-def wants_optimizer(name: str) -> str | None:
-    """``"optimizer"`` or ``"optimizers"`` when ``from_recipe`` takes the optimizer(s), else ``None``."""
-    cls = method_class(name)
-    if cls is CapacityMethod:
-        return None
-    params = inspect.signature(cls.from_recipe).parameters
-    return next((k for k in ("optimizer", "optimizers") if k in params), None)
+def method_option_keys(name: str) -> set[str]:
+    """The recipe options ``method.<key>`` the method accepts (its :meth:`~CapacityMethod.option_names`)."""
+    return set(method_class(name).option_names())
 
 
 def build_method(
     name: str,
     model: nn.Module,
-    optimizers: list[Optimizer] | None,
+    optimizer: Optimizer | None,
     *,
     epochs: int,
     steps_per_epoch: int,
     options: dict[str, Any],
+    example_input: torch.Tensor | None = None,
 ) -> CapacityMethod:
-    """Construct the method of a recipe (``optimizers`` only for methods that take them)."""
-    cls = method_class(name)
-    if cls is CapacityMethod:
-        if options:
-            raise RecipeError(f"method 'dense' takes no options, got {sorted(options)}")
-        return CapacityMethod(model)
+    """Construct the method of a recipe (``optimizer``: the weights optimizer, for ``takes_optimizer`` methods)."""
     from neuroplastic.recipes.option_types import check_method_options
 
+    cls = method_class(name)
     check_method_options(cls, options)
-    kwargs: dict[str, Any] = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, **options}
-    takes = wants_optimizer(name)
-    if takes == "optimizer":
-        kwargs["optimizer"] = optimizers[0]
-    elif takes == "optimizers":
-        kwargs["optimizers"] = optimizers
-    return cls.from_recipe(model, **kwargs)
+    return cls.from_recipe(model, optimizer if cls.takes_optimizer else None, epochs=epochs,
+                           steps_per_epoch=steps_per_epoch, example_input=example_input, **options)

@@ -8,11 +8,8 @@ of the builders) raised by :func:`prepare` into one line on stderr and exit code
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +19,9 @@ import torch
 import yaml
 from torch import nn
 
+from neuroplastic.files import write_text_atomic
 from neuroplastic.methods.base import CapacityMethod
-from neuroplastic.metrics import count_flops, count_weights, layer_flops
+from neuroplastic.metrics import count_flops, count_weights
 from neuroplastic.recipes import registry
 from neuroplastic.recipes.config import RecipeError, apply_overrides, load_recipe_file, scale_epochs, validate
 from neuroplastic.train.checkpoint import seed_everything
@@ -141,50 +139,46 @@ def build_model(recipe: dict[str, Any], splits: Any) -> nn.Module:
 def build_training(
     recipe: dict[str, Any], model: nn.Module, *, steps_per_epoch: int, example_input: torch.Tensor | None = None
 ) -> tuple[CapacityMethod, list[torch.optim.Optimizer], list[Any]]:
-    """Method, optimizers and per-step LR schedules, built in the order the method needs.
+    """Method, optimizers and per-step LR schedules, built in the order the method protocol asks.
 
-    A method whose ``from_recipe`` takes ``example_input`` gets it (methods that resize the model
-    trace it); a method with ``bind_optimizers`` is told the optimizers once they exist.
+    A method that ``takes_optimizer`` gets the weights optimizer, built first; the others are built
+    first (they may add gate parameters that the optimizers must see). Every method gets
+    ``example_input`` when its constructor takes it, and is bound to the optimizers and schedules.
     """
     method_cfg = dict(recipe["method"])
     name = method_cfg.pop("name")
     optim = recipe["optim"]
     epochs = recipe["epochs"]
-    keys = registry.method_option_keys(name)
-    if keys is not None and "seed" in keys and "seed" not in method_cfg:
+    cls = registry.method_class(name)
+    if "seed" in cls.option_names() and "seed" not in method_cfg:
         method_cfg["seed"] = recipe["seed"]  # the method's own generator follows the recipe's seed
-    kwargs = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "options": method_cfg}
-    if (example_input is not None and "example_input" in _from_recipe_params(name)
-            and "input_shape" not in method_cfg):  # a recipe's own input_shape wins
-        method_cfg["example_input"] = example_input
-    if registry.wants_optimizer(name):  # mask methods: optimizer first, the method zeroes its state
+    kwargs = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "options": method_cfg,
+              "example_input": example_input}
+    if cls.takes_optimizer:  # mask methods: optimizer first, the method zeroes its state
         if optim["gates"] is not None:
             raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gates")
         optimizers = [_optimizer(list(model.parameters()), optim["weights"], "optim.weights")]
-        method = registry.build_method(name, model, optimizers, **kwargs)
+        method = registry.build_method(name, model, optimizers[0], **kwargs)
     else:  # gated methods add gate parameters to the model: build the method first
         method = registry.build_method(name, model, None, **kwargs)
         if optim["gates"] is None:
             optimizers = [_optimizer(list(model.parameters()), optim["weights"], "optim.weights")]
         else:
-            weights, gates = _split_gates(method, name)
+            gates = method.gate_parameters()
+            if not gates:
+                raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gate parameters")
+            gate_ids = {id(p) for p in gates}
+            weights = [p for p in model.parameters() if id(p) not in gate_ids]
             optimizers = [_optimizer(weights, optim["weights"], "optim.weights"),
                           _optimizer(gates, optim["gates"], "optim.gates")]
-    bind = getattr(method, "bind_optimizers", None)
-    if bind is not None:  # methods that replace parameters (growth) keep the optimizers consistent
-        bind(optimizers)
     specs = [optim["weights"], optim["gates"]][: len(optimizers)]
     try:
         schedules = [build_schedule(o, s.get("schedule"), epochs=epochs, steps_per_epoch=steps_per_epoch)
                      for o, s in zip(optimizers, specs, strict=True)]
     except ValueError as err:
         raise RecipeError(f"optim: {err}") from None
+    method.bind_optimizers(optimizers, schedules)
     return method, optimizers, schedules
-
-
-def _from_recipe_params(name: str) -> set[str]:
-    cls = registry.method_class(name)
-    return set(inspect.signature(cls.from_recipe).parameters) if hasattr(cls, "from_recipe") else set()
 
 
 def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> torch.optim.Optimizer:
@@ -195,17 +189,6 @@ def _optimizer(params: list[nn.Parameter], spec: dict[str, Any], where: str) -> 
         return build_optimizer(params, spec)
     except ValueError as err:
         raise RecipeError(f"{where}: {err}") from None
-
-
-def _split_gates(method: CapacityMethod, name: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(weights, gates) from ``split_param_groups(model)`` of the module defining the method or a base."""
-    for cls in type(method).__mro__:
-        split = getattr(importlib.import_module(cls.__module__), "split_param_groups", None)
-        if split is not None:
-            weights, gates = split(method.model)
-            return list(weights), list(gates)
-    raise RecipeError(f"optim.gates is only for gated methods; method {name!r} has no gate parameters "
-                      "(no split_param_groups in its module)")
 
 
 def _check_run_dir(run_dir: Path, recipe: dict[str, Any], resume: bool) -> None:
@@ -248,17 +231,17 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = (), che
     if not (prep.run_dir / RECIPE_FILE).exists():
         header = (f"# resolved from: {prep.source}\n# (overrides and epochs_scale already applied; "
                   f"epochs_scale is therefore 1.0 here)\n")
-        _write_text_atomic(prep.run_dir / RECIPE_FILE, header + yaml.safe_dump(recipe, sort_keys=False))
+        write_text_atomic(prep.run_dir / RECIPE_FILE, header + yaml.safe_dump(recipe, sort_keys=False))
     t0 = time.perf_counter()
     res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
-              run_dir=prep.run_dir, selection=recipe["selection"], select_after=recipe["select_from_epoch"],
+              run_dir=prep.run_dir, selection=recipe["selection"], select_from_epoch=recipe["select_from_epoch"],
               snapshot_every=recipe["snapshot_every"], checkpoint_every=checkpoint_every, resume=prep.resume,
               progress=progress, callbacks=callbacks)
     arch = prep.method.architecture()
-    flops = live_flops(prep.method, prep.model, prep.input_shape)
+    flops = prep.method.live_flops(prep.input_shape)
     result = {
         "recipe": recipe["name"],
-        "mode": getattr(prep.method, "mode", recipe["method"]["name"]),
+        "mode": prep.method.mode or recipe["method"]["name"],
         "seed": recipe["seed"],
         "epochs": recipe["epochs"],
         "test_accuracy": res.test_accuracy,
@@ -280,7 +263,7 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = (), che
     }
     result["final_metrics"] = to_jsonable(prep.method.metrics())  # per-layer density, exploration rate, ...
     result.update(_save_compact(prep))
-    _write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
+    write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
     if plots:
         _plot_over_time(prep.run_dir)
     return result
@@ -301,53 +284,19 @@ def _plot_over_time(run_dir: Path) -> None:
             log.info("plot: %s", path)
 
 def _save_compact(prep: Prepared) -> dict[str, Any]:
-    """Gated methods: write the compacted plain model (``compact.pt``, loadable with ``weights_only``).
-
-    A model the structure tracer cannot compact does not cost the run: the reason is recorded instead.
-    """
-    compact = getattr(prep.method, "compact", None)
-    if compact is None:
-        return {}
+    """Methods that remove units: write the compacted plain model (``compact.pt``, loadable with
+    ``weights_only``). A model the structure tracer cannot compact does not cost the run: the reason is
+    recorded instead."""
     from neuroplastic.structure import save_compact
 
     x = next(iter(prep.loaders["val"]))[0][:8]
     try:
-        small = compact(x)
+        small = prep.method.compact(x)
     except (ValueError, RuntimeError, TypeError) as exc:
         log.warning("could not compact the model: %s", exc)
         return {"compact_error": str(exc)}
+    if small is None:
+        return {}
     save_compact(small, prep.run_dir / "compact.pt")
     return {"compact_file": "compact.pt", "compact_weights": count_weights(small),
             "compact_flops": count_flops(small, prep.input_shape)}
-
-
-def live_flops(method: CapacityMethod, model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Forward FLOPs per example of the live network: closed units and masked weights cost nothing.
-
-    Gated methods: every layer's dense FLOPs times its open fraction of outputs times its open fraction
-    of inputs (``layer_open_masks``, exact for Linear and ungrouped Conv layers, per input feature: finer
-    than the compacted model, which keeps features it cannot remove, e.g. the network's inputs);
-    mask methods: their ``flops_sparse_inference`` metric; any other method: the model's dense FLOPs.
-    """
-    open_masks = getattr(method, "layer_open_masks", None)
-    if open_masks is not None:
-        masks = open_masks()
-        total = 0.0
-        for name, flops in layer_flops(model, input_shape).items():
-            if name in masks:
-                open_in, open_out = masks[name]
-                groups = getattr(dict(model.named_modules())[name], "groups", 1)
-                in_fraction = 1.0 if groups != 1 else float(open_in.float().mean())  # grouped: conservative
-                flops = flops * float(open_out.float().mean()) * in_fraction
-            total += flops
-        return round(total)
-    sparse = method.metrics().get("flops_sparse_inference")
-    if sparse is not None:
-        return int(sparse)
-    return count_flops(model, input_shape)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

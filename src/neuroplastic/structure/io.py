@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuroplastic.files import write_atomic
 from neuroplastic.structure.trace import NORMS
 
 __all__ = ["save_compact", "load_compact", "export_onnx"]
@@ -48,7 +49,7 @@ def save_compact(model: nn.Module, path: str | os.PathLike) -> None:
         if _attributes(module)
     }
     payload = {"format": FORMAT, "version": VERSION, "shapes": shapes, "state_dict": model.state_dict()}
-    torch.save(payload, path)
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_compact(path: str | os.PathLike, template: nn.Module | Callable[[], nn.Module]) -> nn.Module:

@@ -31,7 +31,8 @@ def remap_along(tensor: torch.Tensor, axis: int, src: torch.Tensor) -> torch.Ten
     return out
 
 
-def _as_list(optimizers: Optimizers) -> list[torch.optim.Optimizer]:
+def as_optimizer_list(optimizers: Optimizers) -> list[torch.optim.Optimizer]:
+    """``None``, one optimizer or several, as a list (checked to hold optimizers)."""
     if optimizers is None:
         return []
     if isinstance(optimizers, torch.optim.Optimizer):
@@ -55,7 +56,7 @@ def replace_parameter(
     ``src[i]`` is the index in ``old`` of slot ``i`` of ``new`` along ``axis`` (-1 for a new slot).
     State tensors with the shape of ``old`` are remapped (new slots zero); other state is kept.
     """
-    for opt in _as_list(optimizers):
+    for opt in as_optimizer_list(optimizers):
         found = False
         for group in opt.param_groups:
             for i, p in enumerate(group["params"]):

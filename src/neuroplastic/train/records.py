@@ -128,3 +128,38 @@ def _flat_scalars(record: dict[str, Any], prefix: str = "") -> list[tuple[str, f
         elif isinstance(value, numbers.Real) and not isinstance(value, bool):
             out.append((name, float(value)))
     return out
+
+
+class RunRecords:
+    """The record files of a run folder: ``history.jsonl``, ``events.jsonl``, ``snapshots/`` and the
+    optional TensorBoard scalars (see ``docs/architecture.md``)."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.history = JsonlLog(self.run_dir / "history.jsonl")
+        self.events = JsonlLog(self.run_dir / "events.jsonl")
+        self.writer = ScalarWriter(self.run_dir / "tensorboard", enabled=tensorboard)
+
+    def start(self) -> None:
+        """A fresh run: the contract's files exist from the start, empty."""
+        for log_file in (self.history, self.events):
+            log_file.path.write_text("")
+
+    def resume(self, n_history: int, n_events: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A resumed run: cut the files back to what the checkpoint knew; return their records."""
+        return self.history.truncate(n_history), self.events.truncate(n_events)
+
+    def add_epoch(self, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        """Append an epoch's history record and its events; add its scalars to TensorBoard."""
+        self.history.append(record)
+        for event in events:
+            self.events.append(event)
+        self.writer.add({k: v for k, v in record.items() if k != "epoch"}, record["epoch"])
+
+    def add_snapshot(self, epoch: int, arrays: dict[str, Any]) -> None:
+        """Write the method's snapshot of ``epoch`` (nothing when it is empty)."""
+        write_snapshot(self.run_dir / "snapshots", epoch, arrays)
+
+    def close(self) -> None:
+        """Close the TensorBoard writer."""
+        self.writer.close()
