@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from bench_compact import LeNet5Caffe
-from neuroplastic.structure import select_units, trace_unit_groups
-from neuroplastic.structure.grow import grow
+from neuroplastic.structure import grow, select_units, trace_unit_groups
 
 
 def gated(model: LeNet5Caffe, open_units: dict[str, int]) -> nn.Module:

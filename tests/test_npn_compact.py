@@ -70,7 +70,7 @@ def test_compact_lenet5_counts_the_open_channels(tmp_path):
     path = tmp_path / "small.pt"
     save_compact(small, path)
     torch.load(path, weights_only=True)
-    again = load_compact(path, lambda: get_model("lenet5_caffe"))
+    again = load_compact(lambda: get_model("lenet5_caffe"), path)
     again.eval()
     assert torch.allclose(again(x), model(x), atol=1e-5)
 

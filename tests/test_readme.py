@@ -66,8 +66,8 @@ def test_readme_npn_loop_prunes_mnist_as_written(tmp_path, monkeypatch):
     seconds = time.perf_counter() - t0
     hidden = scope["npn"].architecture()["arch"][0]
     assert hidden < 100, f"the README loop closed no hidden unit ({hidden}/100 open)"
-    small = neuroplastic.load_compact("small.pt", lambda: neuroplastic.get_model("mlp", in_features=784,
-                                                                             hidden=[100], num_classes=10))
+    small = neuroplastic.load_compact(lambda: neuroplastic.get_model("mlp", in_features=784, hidden=[100],
+                                                                     num_classes=10), "small.pt")
     assert small.eval()(scope["example_batch"]).shape == (8, 10)
     assert neuroplastic.count_weights(small) == scope["npn"].architecture()["params"]
     assert seconds < 60, seconds  # ~10 s on a quiet 2-core machine

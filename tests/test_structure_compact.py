@@ -152,7 +152,7 @@ def test_group_emptied_keeps_one_placeholder_unit():
 
 def test_bad_keep_is_rejected_with_clear_errors():
     model, x = make("mlp")
-    with pytest.raises(ValueError, match="unknown group 'nope'"):
+    with pytest.raises(ValueError, match="keep names 'nope', which is neither a group nor a layer producing one"):
         compact(model, {"nope": [0]}, x)
     with pytest.raises(ValueError, match="not prunable"):
         compact(model, {"fc3": [0]}, x)
@@ -338,3 +338,33 @@ def test_keep_from_layer_masks_per_layer_gates_on_resnet():
         keep_from_layer_masks(groups, {**masks, "conv1": torch.ones(3, dtype=torch.bool)})
     partial = {k: v for k, v in masks.items() if k != "layers.0.conv2"}
     assert stream.name not in keep_from_layer_masks(groups, partial)  # an ungated writer keeps all
+
+
+def test_keep_by_any_layer_writing_a_stream_and_without_example_when_groups_are_given():
+    model, x = make("resnet20")
+    model.eval()
+    groups = trace_unit_groups(model, x)
+    stream = next(g for g in groups if g.name == "conv1")  # the first stage's residual stream
+    assert "layers.1.conv2" in [r.module for r in stream.producers]
+    kept = torch.arange(0, stream.size, 2)
+    with torch.no_grad():  # close the other units where the stream is written: compaction is then exact
+        for ref in stream.producers:
+            module = dict(model.named_modules())[ref.module]
+            closed = torch.ones(stream.size, dtype=torch.bool)
+            closed[kept] = False
+            for tensor in (module.weight, getattr(module, "bias", None)):
+                if tensor is not None:
+                    tensor[closed] = 0.0
+    by_group = compact(model, {"conv1": kept}, x)
+    by_layer = compact(model, {"layers.1.conv2": kept}, x)
+    unchecked = compact(model, {"layers.1.bn2": kept}, groups=groups)
+    for small in (by_layer, unchecked):
+        assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), by_group.state_dict().values(),
+                                                     strict=True))
+    torch.testing.assert_close(by_layer.eval()(x), model(x))
+    with pytest.raises(ValueError, match="names group 'conv1' twice"):
+        compact(model, {"conv1": kept, "layers.0.conv2": kept}, x)
+    with pytest.raises(ValueError, match="needs example_input"):
+        compact(model, {"conv1": kept})
+    with pytest.raises(ValueError, match="fold_constants needs example_input"):
+        compact(model, {"conv1": kept}, groups=groups, fold_constants=True)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from neuroplastic.structure import group_of, trace_unit_groups
-from neuroplastic.structure.grow import grow, insertion_src
+from neuroplastic.structure.growth import grow, insertion_src
 from neuroplastic.structure.optim_surgery import remap_along
 from neuroplastic.structure.surgery import unit_positions
 from test_structure_trace import ZOO, make

@@ -21,7 +21,7 @@ def test_save_load_roundtrip_with_weights_only(name, tmp_path):
     save_compact(small, path)
     payload = torch.load(path, weights_only=True)  # no pickled classes
     assert payload["format"] == "neuroplastic.compact"
-    loaded = load_compact(path, ZOO[name][0]).eval()  # a template class / factory works too
+    loaded = load_compact(ZOO[name][0], path).eval()  # a template class / factory works too
     assert torch.equal(loaded(x), small(x))
     for (k, v), (k2, v2) in zip(small.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
@@ -38,7 +38,7 @@ def test_load_restores_a_bias_added_by_folding(tmp_path):
     save_compact(small, tmp_path / "m.pt")
     template = MLP().eval()
     template.fc2.bias = None
-    loaded = load_compact(tmp_path / "m.pt", template)
+    loaded = load_compact(template, tmp_path / "m.pt")
     assert torch.equal(loaded(x), small(x))
     assert (loaded(x) - model(x)).abs().max() <= 1e-5
 
@@ -46,12 +46,12 @@ def test_load_restores_a_bias_added_by_folding(tmp_path):
 def test_load_rejects_foreign_files(tmp_path):
     torch.save({"a": torch.zeros(1)}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a file written by save_compact"):
-        load_compact(tmp_path / "x.pt", MLP())
+        load_compact(MLP(), tmp_path / "x.pt")
     save_compact(MLP(), tmp_path / "m.pt")
     with pytest.raises(TypeError, match="template must be"):
-        load_compact(tmp_path / "m.pt", 3)
+        load_compact(3, tmp_path / "m.pt")
     with pytest.raises(ValueError, match="template has no modules"):
-        load_compact(tmp_path / "m.pt", torch.nn.Sequential())
+        load_compact(torch.nn.Sequential(), tmp_path / "m.pt")
 
 
 def _ort_outputs(path, x):
@@ -89,3 +89,10 @@ def test_dynamo_exporter(tmp_path):
 def test_export_rejects_unknown_exporter(tmp_path):
     with pytest.raises(ValueError, match="exporter must be"):
         export_onnx(MLP(), torch.zeros(2, 20), tmp_path / "m.onnx", exporter="tf")
+
+
+def test_load_compact_names_the_argument_order_when_the_path_comes_first(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    save_compact(model, tmp_path / "m.pt")
+    with pytest.raises(TypeError, match=r"load_compact takes \(template, path\)"):
+        load_compact(tmp_path / "m.pt", model)

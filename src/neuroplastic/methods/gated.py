@@ -219,7 +219,7 @@ class UnitGateMethod(CapacityMethod):
         ``example_input`` is one batch of model input, used to trace the model and check the result.
         """
         from neuroplastic.structure import compact, trace_unit_groups
-        from neuroplastic.structure.compact import keep_from_layer_masks
+        from neuroplastic.structure.compaction import keep_from_layer_masks
 
         plain = copy.deepcopy(self.model)
         modules = dict(plain.named_modules())

@@ -56,7 +56,7 @@ from neuroplastic.gates.sites import weighted_layers
 from neuroplastic.methods.npn import HIBERNATING_LOGIT, NPN
 from neuroplastic.metrics import count_weights
 from neuroplastic.structure import grow, select_units, trace_unit_groups
-from neuroplastic.structure.grow import insertion_src
+from neuroplastic.structure.growth import insertion_src
 from neuroplastic.structure.optim_surgery import Optimizers, as_optimizer_list
 from neuroplastic.structure.surgery import resize_tensor, unit_positions
 from neuroplastic.structure.trace import UnitGroup

@@ -3,8 +3,8 @@ place), grow (add units in place), with the optimizer's state kept consistent; s
 ONNX export of the resized models. See docs/structure.md.
 """
 
-from neuroplastic.structure.compact import compact, keep_from_layer_masks, select_units
-from neuroplastic.structure.grow import grow
+from neuroplastic.structure.compaction import compact, keep_from_layer_masks, select_units
+from neuroplastic.structure.growth import grow
 from neuroplastic.structure.io import export_onnx, load_compact, save_compact
 from neuroplastic.structure.trace import UnitGroup, UnitRef, group_of, groups_of, trace_unit_groups
 

@@ -38,8 +38,10 @@ class UnitGroup:
 
     Attributes
     ----------
-    name : the name used as the key of ``keep`` in :func:`~neuroplastic.structure.compact` (the first
-        module producing the units, ``"input"`` for the network input).
+    name : the group's own name: the first module producing the units in trace order (for the network
+        input, the name of the forward's input argument, e.g. ``"x"``). ``keep`` in
+        :func:`~neuroplastic.structure.compact` and :func:`~neuroplastic.structure.select_units` takes it,
+        or the name of any layer producing the units (a residual stream by any conv writing it).
     size : number of units.
     producers : members whose *output* dimension holds the units (convs, Linears, depthwise convs and
         the BatchNorms normalising them).

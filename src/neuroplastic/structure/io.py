@@ -52,8 +52,10 @@ def save_compact(model: nn.Module, path: str | os.PathLike) -> None:
     write_atomic(path, lambda f: torch.save(payload, f))
 
 
-def load_compact(path: str | os.PathLike, template: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+def load_compact(template: nn.Module | Callable[[], nn.Module], path: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by :func:`save_compact` into ``template`` (resized in place, returned).
+
+    The arguments come in :func:`save_compact`'s order: the model, then the file.
 
     ``template`` is a freshly built instance of the saved model's class, at any size (usually the
     original full size), or a function without arguments that builds one; its tensors are replaced by
@@ -61,6 +63,9 @@ def load_compact(path: str | os.PathLike, template: nn.Module | Callable[[], nn.
     The file does not name the class to build: importing and calling code named in a file would undo
     the safety of ``weights_only=True``.
     """
+    if isinstance(template, str | os.PathLike) and not isinstance(path, str | os.PathLike):
+        raise TypeError("load_compact takes (template, path), in save_compact's (model, path) order; "
+                        f"got the path {os.fspath(template)!r} first")
     if not isinstance(template, nn.Module):
         if not callable(template):
             raise TypeError(f"template must be an nn.Module or a function building one, got {type(template)}")

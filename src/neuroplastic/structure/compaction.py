@@ -52,17 +52,22 @@ def _indices(group: UnitGroup, value: torch.Tensor | Sequence[int]) -> torch.Ten
 
 
 def _resolve(groups: list[UnitGroup], keep: Keep) -> dict[str, tuple[UnitGroup, torch.Tensor]]:
+    """``keep``'s keys resolved to groups: a group's name or the name of any module producing its units."""
     if not isinstance(keep, Mapping):
-        raise TypeError(f"keep must map group names to unit indices, got {type(keep).__name__}")
+        raise TypeError(f"keep must map group (or producing layer) names to unit indices, got {type(keep).__name__}")
     by_name = {g.name: g for g in groups}
-    result = {}
-    for name, value in keep.items():
-        if name not in by_name:
-            raise ValueError(f"keep names an unknown group {name!r}; groups are {sorted(by_name)}")
-        group = by_name[name]
+    by_producer = {r.module: g for g in groups for r in g.producers}
+    result: dict[str, tuple[UnitGroup, torch.Tensor]] = {}
+    for key, value in keep.items():
+        group = by_name.get(key) or by_producer.get(key)
+        if group is None:
+            raise ValueError(f"keep names {key!r}, which is neither a group nor a layer producing one; groups are "
+                             f"{sorted(by_name)}")
+        if group.name in result:
+            raise ValueError(f"keep names group {group.name!r} twice (as {key!r} and by another of its layers)")
         if not group.prunable:
-            raise ValueError(f"group {name!r} is not prunable: {group.reason}")
-        result[name] = (group, _indices(group, value))
+            raise ValueError(f"group {group.name!r} is not prunable: {group.reason}")
+        result[group.name] = (group, _indices(group, value))
     return result
 
 
@@ -182,7 +187,7 @@ def _fold_or_check(
 def compact(
     model: nn.Module,
     keep: Keep,
-    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     *,
     groups: list[UnitGroup] | None = None,
     fold_constants: bool = False,
@@ -196,10 +201,13 @@ def compact(
         removed unit reads as zero (within ``atol``) at each of its consumers, or has zero weights
         there, so a gated model (gates as forward hooks or modules after the BatchNorm) is checked
         with its gates closed.
-    keep : group name -> unit indices (or a bool mask over the group) to keep; groups not named stay
-        whole. A group may keep no unit: one unit then stays with its outgoing weights zeroed, so the
-        model remains valid (layers of width 0 are not supported by every runtime).
-    example_input : a batch used to trace the groups and to check the removed units.
+    keep : group name (or the name of a layer producing the group's units) -> unit indices (or a bool
+        mask over the group) to keep; groups not named stay whole. A group may keep no unit: one unit
+        then stays with its outgoing weights zeroed, so the model remains valid (layers of width 0 are
+        not supported by every runtime).
+    example_input : a batch used to trace the groups and to check the removed units. It may be left
+        out when ``groups`` are given: then, as in :func:`select_units`, nothing checks that the removed
+        units were zero (and ``fold_constants`` is not available).
     groups : the groups of ``model`` if already traced.
     fold_constants : fold removed units that read as a constant into the consumer's bias (see the
         module docstring for when this is exact); otherwise such units raise ``ValueError``.
@@ -211,7 +219,12 @@ def compact(
     stay) with sliced parameters and updated shape attributes.
     """
     if groups is None:
+        if example_input is None:
+            raise ValueError("compact needs example_input (to trace the groups and check the removed units) "
+                             "or groups")
         groups = trace_unit_groups(model, example_input)
+    if example_input is None and fold_constants:
+        raise ValueError("fold_constants needs example_input (the constants are read from it)")
     plan = _resolve(groups, keep)
     # a group keeping nothing keeps unit 0 as a placeholder, removed in spirit (outgoing weights zeroed)
     removed = {name: _dropped(group, kept) for name, (group, kept) in plan.items()}
@@ -219,7 +232,7 @@ def compact(
         name: (g, kept if len(kept) else torch.zeros(1, dtype=torch.long)) for name, (g, kept) in plan.items()
     }
     readers = {r.module for name, pos in removed.items() if len(pos) for r in plan[name][0].consumers}
-    inputs = _consumer_inputs(model, readers, example_input)
+    inputs = _consumer_inputs(model, readers, example_input) if example_input is not None else None
     small = copy.deepcopy(model)
     modules = dict(small.named_modules())
     for name, units in removed.items():
@@ -228,7 +241,8 @@ def compact(
         for ref in plan[name][0].consumers:
             positions = unit_positions(ref, units)
             consumer = modules[ref.module]
-            _fold_or_check(consumer, ref, name, positions, inputs[ref.module], fold_constants, atol)
+            if inputs is not None:
+                _fold_or_check(consumer, ref, name, positions, inputs[ref.module], fold_constants, atol)
             with torch.no_grad():
                 consumer.weight.index_fill_(1, positions.to(consumer.weight.device), 0.0)
     _apply(small, plan, optimizer=None)
