@@ -179,6 +179,7 @@ class NPN(UnitGateMethod):
             site.gates.generator = self.generator
             self.allocated.append(n_active)
         self._attach_all()
+        _keep_out_of_ddp(model, self.gate_parameters())
         self.best_loss = math.inf  # validation loss at the last expansion
         self.events: list[dict[str, Any]] = []
         self.set_epoch(0)
@@ -404,6 +405,21 @@ def _frozen_norm_stats(model: nn.Module):
     finally:
         for m, s in zip(norms, saved, strict=True):
             m.track_running_stats = s
+
+
+def _keep_out_of_ddp(model: nn.Module, gates: list[nn.Parameter]) -> None:
+    """Tell DistributedDataParallel (wrapped after this) to leave the gate logits alone.
+
+    Their gradient does not come from DDP's backward: the ARM/AR estimate is written by :meth:`NPN.backward`
+    (averaged over ranks by :func:`_all_reduce_mean`) and the penalty's gradient is a function of the logits
+    alone, identical on every rank. Left to DDP, a logit would be marked ready twice (penalty and
+    estimate) or never (frozen stages, where it gets no gradient), and the reduction would fail.
+    """
+    ids = {id(p) for p in gates}
+    names = [name for name, p in model.named_parameters() if id(p) in ids]
+    previous = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, sorted(set(previous) | set(names)))
 
 
 def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
