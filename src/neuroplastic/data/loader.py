@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from neuroplastic.data.augment import PADDING_MODES, cutout, horizontal_flip, normalize, random_crop
+from neuroplastic.errors import BadInput
 
 
 class TensorLoader:
@@ -65,25 +66,25 @@ class TensorLoader:
         drop_last: bool = False,
     ) -> None:
         if len(x) != len(y):
-            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+            raise BadInput(f"x and y must have the same length, got {len(x)} and {len(y)}")
         if x.device != y.device:
-            raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+            raise BadInput(f"x and y must be on the same device, got {x.device} and {y.device}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise BadInput(f"batch_size must be a positive int, got {batch_size!r}")
         if drop_last and batch_size > len(x):
-            raise ValueError(f"drop_last=True with batch_size={batch_size} > {len(x)} examples: no batch")
+            raise BadInput(f"drop_last=True with batch_size={batch_size} > {len(x)} examples: no batch")
         if crop_padding < 0 or cutout < 0:
-            raise ValueError(f"crop_padding and cutout must be >= 0, got {crop_padding} and {cutout}")
+            raise BadInput(f"crop_padding and cutout must be >= 0, got {crop_padding} and {cutout}")
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+            raise BadInput(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         spatial = crop_padding > 0 or hflip or cutout > 0
         if spatial and x.dim() != 4:
-            raise ValueError(f"crop, flip and cutout need NCHW images, got x of shape {tuple(x.shape)}")
+            raise BadInput(f"crop, flip and cutout need NCHW images, got x of shape {tuple(x.shape)}")
         if padding_mode == "reflect" and crop_padding >= min(x.shape[-2:]):
-            raise ValueError(f"reflect padding {crop_padding} must be smaller than the image side, "
-                             f"image is {tuple(x.shape[-2:])}")
+            raise BadInput(f"reflect padding {crop_padding} must be smaller than the image side, "
+                           f"image is {tuple(x.shape[-2:])}")
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
+            raise BadInput("give both mean and std, or neither")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -97,10 +98,10 @@ class TensorLoader:
         if mean is not None:
             channels = x.shape[1] if x.dim() > 1 else 1
             if len(mean) != channels or len(std) != channels:
-                raise ValueError(f"mean and std need one value per channel ({channels}), "
-                                 f"got {len(mean)} and {len(std)}")
+                raise BadInput(f"mean and std need one value per channel ({channels}), "
+                               f"got {len(mean)} and {len(std)}")
             if any(s <= 0 for s in std):
-                raise ValueError(f"std values must be > 0, got {tuple(std)}")
+                raise BadInput(f"std values must be > 0, got {tuple(std)}")
             self.mean = torch.tensor(mean, dtype=x.dtype, device=x.device)
             self.std = torch.tensor(std, dtype=x.dtype, device=x.device)
         self.generator = torch.Generator().manual_seed(seed)

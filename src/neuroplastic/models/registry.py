@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from neuroplastic.errors import BadInput
+
 ModelFactory = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -38,15 +40,15 @@ def load_factory(spec: str) -> ModelFactory:
     """Import the callable named by ``"package.module:function"`` (a user's own model factory)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"a user model must be given as 'module:function', got {spec!r}")
+        raise BadInput(f"a user model must be given as 'module:function', got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} of user model {spec!r}: {exc}") from exc
+        raise BadInput(f"cannot import module {module_name!r} of user model {spec!r}: {exc}") from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r} (user model {spec!r})")
+            raise BadInput(f"module {module_name!r} has no attribute {attr!r} (user model {spec!r})")
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
@@ -66,8 +68,8 @@ def get_model(
     elif name in _REGISTRY:
         factory = _REGISTRY[name]
     else:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())} "
-                         f"(or give your own as 'module:function')")
+        raise BadInput(f"unknown model {name!r}; registered models: {', '.join(list_models())} "
+                       f"(or give your own as 'module:function')")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_channels is not None:

@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from neuroplastic.errors import BadInput
 
-class RecipeError(ValueError):
+
+class RecipeError(BadInput):
     """A recipe, an override or a value in it is wrong; the message says which and what is allowed."""
 
 
