@@ -102,7 +102,7 @@ def _run_mode(mode: str, run_dir: Path, out: Path, args: argparse.Namespace, pos
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val_acc=f"{rec['val_acc']:.3f}",
                         units="-".join(map(str, rec["arch"])), params=rec["params"], refresh=False)
         if epoch % args.frame_every == 0 or epoch in stage_ends:
-            caption = (f"{mode}, epoch {epoch + 1}, stage {rec['stage']}, k={rec['k']:g}\n"
+            caption = (f"{mode}, epoch {epoch}, stage {rec['stage']}, k={rec['k']:g}\n"
                        f"units {'-'.join(map(str, rec['arch']))}, {rec['params']} params, "
                        f"val acc {rec['val_acc']:.3f}")
             frame = boundary_frame(prep.model, data.embed, caption)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
+from neuroplastic.argcheck import check_arguments, unknown_keywords
 from neuroplastic.errors import BadInput
 
 ModelFactory = Callable[..., nn.Module]
@@ -43,7 +45,10 @@ def load_factory(spec: str) -> ModelFactory:
         raise BadInput(f"a user model must be given as 'module:function', got {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        # only a missing target module is bad input; a broken import inside it is a bug with a traceback
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
         raise BadInput(f"cannot import module {module_name!r} of user model {spec!r}: {exc}") from exc
     obj = module
     for part in attr.split("."):
@@ -51,8 +56,18 @@ def load_factory(spec: str) -> ModelFactory:
             raise BadInput(f"module {module_name!r} has no attribute {attr!r} (user model {spec!r})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise TypeError(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
+        raise BadInput(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
     return obj
+
+
+def check_model_kwargs(name: str, factory: ModelFactory, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`~neuroplastic.errors.BadInput` for a keyword the factory does not take, or a value that
+    does not fit its annotation (``model.kwargs.conv1=wide``), naming the key, the value and what is allowed."""
+    names = unknown_keywords(factory, kwargs)
+    if names is not None and names[0]:
+        raise BadInput(f"model.kwargs: model {name!r} takes no {', '.join(names[0])}; "
+                       f"its options: {', '.join(names[1])}")
+    check_arguments(factory, kwargs, "model.kwargs")
 
 
 def get_model(
@@ -61,7 +76,7 @@ def get_model(
     """Build a model by registered name, or by ``"module:function"`` for a user's own factory.
 
     ``num_classes`` and ``in_channels`` are passed on only when given, so a user factory that takes
-    neither still works; ``kwargs`` go to the factory as they are.
+    neither still works; ``kwargs`` go to the factory as they are, after :func:`check_model_kwargs`.
     """
     if ":" in name:
         factory = load_factory(name)
@@ -74,6 +89,7 @@ def get_model(
         kwargs["num_classes"] = num_classes
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
+    check_model_kwargs(name, factory, kwargs)
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {name!r} returned a {type(model).__name__}, not an nn.Module")

@@ -124,4 +124,11 @@ def build_method(
         kwargs["optimizer"] = optimizers[0]
     elif takes == "optimizers":
         kwargs["optimizers"] = optimizers
-    return cls.from_recipe(model, **kwargs)
+    try:
+        return cls.from_recipe(model, **kwargs)
+    except ValueError as err:
+        if isinstance(err, RecipeError):
+            raise
+        # the methods' own argument checks raise ValueError (BadInput ones included): bad recipe values.
+        # Any other exception (TypeError, IndexError, ...) from a builder is a bug and keeps its traceback.
+        raise RecipeError(f"method {name!r}: {err}") from err

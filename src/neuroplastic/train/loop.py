@@ -260,7 +260,7 @@ def _train_epoch(model, method, optimizers, schedules, loader, criterion, epoch,
     n = 0
     arch = method.architecture() if progress else {}
     # no bar object at all without progress: creating one per epoch costs more than a tiny model's epoch
-    bar = (tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, position=1)
+    bar = (tqdm(loader, desc=f"epoch {epoch} (0-{epochs - 1})", leave=False, dynamic_ncols=True, position=1)
            if progress else None)
     for i, (x, y) in enumerate(bar if bar is not None else loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -90,7 +90,11 @@ def write_snapshot(folder: str | Path, epoch: int, arrays: dict[str, Any]) -> Pa
 
 
 class ScalarWriter:
-    """TensorBoard scalars when ``torch.utils.tensorboard`` imports; otherwise nothing (logged once)."""
+    """TensorBoard scalars when ``torch.utils.tensorboard`` imports; otherwise nothing.
+
+    TensorBoard is an optional extra (``pip install neuroplastic[tensorboard]``): without it a run says
+    so once at debug level only, since nothing is wrong (``history.jsonl`` holds the same numbers).
+    """
 
     def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
         self.writer = None
@@ -99,7 +103,8 @@ class ScalarWriter:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:  # tensorboard is an optional dependency
-            log.info("TensorBoard logging skipped: %s", err)
+            log.debug("no TensorBoard scalars (%s): the optional extra neuroplastic[tensorboard] writes them",
+                      err)
             return
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
