@@ -195,3 +195,20 @@ def test_npn_lenet_recipes_start_from_the_paper_architectures():
     assert archs["sparse"]["arch"] == [20, 50, 800, 500] and archs["sparse"]["params"] == 430500
     # 3-3-48-3: 25*3 + 25*3*3 + 48*3 + 3*10 = 474 weights (the paper's Table I)
     assert archs["expand"]["arch"] == [3, 3, 48, 3] and archs["expand"]["params"] == 474
+
+
+def test_compact_weights_keep_the_network_inputs_that_params_leave_out(tmp_path, fake_data):
+    """docs/architecture.md (Contract 3): ``params`` counts the weights between open units, the network's
+    open input features included; the compacted model cannot drop input features (the data still has
+    them), so ``compact_weights`` counts every input column of the kept hidden units."""
+    method = {**NPN_TINY, "gates": {"1": "in", "3": "in"}, "stages": [2, 3]}  # one plastic epoch
+    prep = prepare(_write(tmp_path, method, epochs=3), out=tmp_path / "run")
+    with torch.no_grad():  # close 11 of the 16 input features and 3 of the 8 hidden units
+        prep.method.sites[0].gates.phi[5:] = -5.0
+        prep.method.sites[1].gates.phi[:3] = -5.0
+    result = execute(prep, progress=False, plots=False)
+    assert result["arch"] == [5, 5]
+    assert result["params"] == 5 * 5 + 5 * 3  # open inputs x open hidden units + hidden units x classes
+    assert result["compact_weights"] == 16 * 5 + 5 * 3  # all 16 input columns stay in the compacted model
+    first = torch.load(tmp_path / "run" / "compact.pt", weights_only=True)["state_dict"]["1.weight"]
+    assert first.shape == (5, 16) and not first[:, 5:].any() and first[:, :5].all()  # closed inputs: zeros
