@@ -12,7 +12,7 @@ from typing import Any
 from neuroplastic.argcheck import argument_types, check_arguments, describe, matches
 from neuroplastic.recipes.config import RecipeError
 
-__all__ = ["check_method_options", "describe", "matches", "method_option_types"]
+__all__ = ["check_method_optimizer", "check_method_options", "describe", "matches", "method_option_types"]
 
 method_option_types = argument_types
 
@@ -20,3 +20,12 @@ method_option_types = argument_types
 def check_method_options(cls: type, options: dict[str, Any]) -> None:
     """Raise a :class:`RecipeError` for the first option whose value does not fit its annotation."""
     check_arguments(cls, options, "method", RecipeError)
+
+
+def check_method_optimizer(cls: type, optimizer: Any) -> None:
+    """Raise a :class:`RecipeError` when the weights optimizer is not of the type the method's
+    ``from_recipe`` annotates for it (LpSS needs ``optim.weights.name: lpcgd``)."""
+    hint = argument_types(cls.from_recipe).get("optimizer")
+    if hint is not None and not matches(optimizer, hint):
+        raise RecipeError(f"optim.weights: method {getattr(cls, 'name', cls.__name__)!r} needs an optimizer of type "
+                          f"{describe(hint)}, got {type(optimizer).__name__}")

@@ -115,12 +115,13 @@ def build_method(
         if options:
             raise RecipeError(f"method 'dense' takes no options, got {sorted(options)}")
         return CapacityMethod(model)
-    from neuroplastic.recipes.option_types import check_method_options
+    from neuroplastic.recipes.option_types import check_method_optimizer, check_method_options
 
     check_method_options(cls, options)
     kwargs: dict[str, Any] = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, **options}
     takes = wants_optimizer(name)
     if takes == "optimizer":
+        check_method_optimizer(cls, optimizers[0])
         kwargs["optimizer"] = optimizers[0]
     elif takes == "optimizers":
         kwargs["optimizers"] = optimizers
