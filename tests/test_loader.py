@@ -228,3 +228,10 @@ def test_spatial_augmentation_needs_images():
         TensorLoader(torch.zeros(4, 10), torch.zeros(4), 2, hflip=True)
     with pytest.raises(ValueError, match="same length"):
         TensorLoader(torch.zeros(4, 10), torch.zeros(3), 2)
+
+
+def test_one_mean_and_std_apply_to_every_feature_of_vectors():
+    """A data set with one normalisation constant (the moons vectors: mean 0, std 1) works with normalize on."""
+    x, y = torch.arange(12.0).view(3, 4), torch.arange(3)
+    (batch, _), = TensorLoader(x, y, 3, mean=(1.0,), std=(2.0,))
+    assert torch.equal(batch, (x - 1.0) / 2.0)

@@ -34,7 +34,8 @@ class TensorLoader:
     seed
         Seed of the loader's own generator.
     mean, std
-        Per-channel normalisation applied to every batch (``None``: no normalisation).
+        Per-channel normalisation applied to every batch (``None``: no normalisation); one value each
+        applies to every channel (or feature: the moons vectors).
     crop_padding
         Random crop after padding by this many pixels on each side (0: off).
     padding_mode
@@ -97,8 +98,8 @@ class TensorLoader:
         self.mean = self.std = None
         if mean is not None:
             channels = x.shape[1] if x.dim() > 1 else 1
-            if len(mean) != channels or len(std) != channels:
-                raise BadInput(f"mean and std need one value per channel ({channels}), "
+            if len(mean) not in (1, channels) or len(std) not in (1, channels):
+                raise BadInput(f"mean and std need one value per channel ({channels}) or one for all, "
                                f"got {len(mean)} and {len(std)}")
             if any(s <= 0 for s in std):
                 raise BadInput(f"std values must be > 0, got {tuple(std)}")
