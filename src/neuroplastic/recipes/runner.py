@@ -2,8 +2,8 @@
 
 :func:`prepare` does everything that can fail on bad input (recipe checks, data loading, model and method
 construction, the run-folder checks) without writing anything; :func:`execute` then writes the run folder
-and trains. The CLI turns a :class:`RecipeError` (and the ``ValueError``/``TypeError``/missing-file errors
-of the builders) raised by :func:`prepare` into one line on stderr and exit code 2.
+and trains. The CLI turns the bad-input errors raised by :func:`prepare` (``neuroplastic.errors.USER_ERRORS``:
+:class:`RecipeError`, the data layer's errors) into one line on stderr and exit code 2; anything else is a bug.
 """
 
 from __future__ import annotations
