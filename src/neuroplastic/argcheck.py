@@ -3,7 +3,7 @@
 A recipe value of the wrong kind (``method.k=abc``, ``method.stages=5``, ``model.kwargs.conv1=wide``) would
 otherwise surface deep in the code as an unrelated ``TypeError``. :func:`check_arguments` compares every
 value with the type hints of a function, or of the ``__init__`` methods along a class's MRO (the class's
-own first), and raises a :class:`~neuroplastic.errors.BadInput` (or the error type asked for) naming the
+own first), and raises a :class:`~neuroplastic.errors.BadType` (or the error type asked for) naming the
 key, the value and what is allowed. Annotations it does not understand (a class of the user's, a
 callable) are not checked. :func:`unknown_keywords` finds names a callable does not accept.
 """
@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from neuroplastic.errors import BadInput
+from neuroplastic.errors import BadType
 
 _SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
 _MAPPINGS = (dict, collections.abc.Mapping)
@@ -37,7 +37,7 @@ def argument_types(obj: Any) -> dict[str, Any]:
     return hints
 
 
-def check_arguments(obj: Any, values: dict[str, Any], where: str, error: type[Exception] = BadInput) -> None:
+def check_arguments(obj: Any, values: dict[str, Any], where: str, error: type[Exception] = BadType) -> None:
     """Raise ``error`` for the first value that does not fit its annotation in ``obj``.
 
     The message reads ``{where}.{key}: got {value!r} ({type}); allowed: {what}``.

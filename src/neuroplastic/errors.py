@@ -17,6 +17,11 @@ class BadInput(ValueError):
     """A value the user gave is not allowed; the message names it, what was given and what is allowed."""
 
 
+class BadType(BadInput, TypeError):
+    """A value of the wrong kind, or a keyword argument that is not taken: a ``TypeError``, as Python raises
+    for those, and bad input."""
+
+
 class DataFileError(BadInput):
     """A data file is present but cannot be what it should be (truncated, corrupt, wrong checksum).
 

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from neuroplastic.argcheck import check_arguments, unknown_keywords
-from neuroplastic.errors import BadInput
+from neuroplastic.errors import BadInput, BadType
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -56,17 +56,17 @@ def load_factory(spec: str) -> ModelFactory:
             raise BadInput(f"module {module_name!r} has no attribute {attr!r} (user model {spec!r})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise BadInput(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
+        raise BadType(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
     return obj
 
 
 def check_model_kwargs(name: str, factory: ModelFactory, kwargs: dict[str, Any]) -> None:
-    """Raise :class:`~neuroplastic.errors.BadInput` for a keyword the factory does not take, or a value that
+    """Raise :class:`~neuroplastic.errors.BadType` for a keyword the factory does not take, or a value that
     does not fit its annotation (``model.kwargs.conv1=wide``), naming the key, the value and what is allowed."""
     names = unknown_keywords(factory, kwargs)
     if names is not None and names[0]:
-        raise BadInput(f"model.kwargs: model {name!r} takes no {', '.join(names[0])}; "
-                       f"its options: {', '.join(names[1])}")
+        raise BadType(f"model.kwargs: model {name!r} takes no {', '.join(names[0])}; "
+                      f"its options: {', '.join(names[1])}")
     check_arguments(factory, kwargs, "model.kwargs")
 
 
