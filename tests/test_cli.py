@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import neuroplastic.recipes.runner as runner
 from neuroplastic.cli import COMMANDS, main
 from neuroplastic.recipes import shipped_recipes
+from shared_data import SHARED, needs_data
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -117,3 +119,88 @@ def test_console_entry_point_exit_code_and_no_traceback(tmp_path):
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "seed must be >= 0, got -3" in proc.stderr
+
+
+# -- only bad input is exit 2: a bug in a builder keeps its traceback --------------------------------------
+BUGGY_MODELS = '''
+from torch import nn
+
+
+def type_bug(num_classes: int = 2, in_features: int = 100, hidden: tuple = (80,)):
+    return nn.Linear(in_features, num_classes)[0]  # a bug: a Linear is not subscriptable (TypeError)
+
+
+def value_bug(num_classes: int = 2, in_features: int = 100, hidden: tuple = (80,)):
+    width = int("eighty")  # a bug that raises ValueError
+    return nn.Linear(in_features, width)
+'''
+
+
+@pytest.mark.parametrize(("factory", "error"), [("type_bug", TypeError), ("value_bug", ValueError)])
+def test_a_bug_in_a_builder_is_not_reported_as_bad_input(capsys, tmp_path, monkeypatch, factory, error):
+    (tmp_path / "buggy_models.py").write_text(BUGGY_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(error):  # out of main: the console script prints its traceback, exit code 1
+        main(["run", "npn-moons-sparse", f"model.name=buggy_models:{factory}", "--out", str(tmp_path / "run")])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_a_bug_in_a_builder_exits_1_with_a_traceback(tmp_path):
+    (tmp_path / "buggy_models.py").write_text(BUGGY_MODELS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "neuroplastic.cli", "run", "npn-moons-sparse",
+                           "model.name=buggy_models:type_bug", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "object is not subscriptable" in proc.stderr
+
+
+# -- the newcomer's order of arguments, and resuming without repeating --data-dir -----------------------------
+def _capture_execute(monkeypatch):
+    """Replace execute by a recorder: the CLI's parsing is tested without training."""
+    import neuroplastic.recipes as recipes
+
+    seen = []
+
+    def fake_execute(prep, progress=True):
+        seen.append(prep)
+        raise KeyboardInterrupt  # ends the command right after the run was prepared
+
+    monkeypatch.setattr(recipes, "execute", fake_execute)
+    return seen
+
+
+def test_overrides_may_follow_options(capsys, tmp_path, monkeypatch):
+    seen = _capture_execute(monkeypatch)
+    code, _, err = _main(capsys, "run", "npn-moons-sparse", "--out", str(tmp_path / "run"), "epochs_scale=0.005",
+                         "--no-progress", "seed=3", "--data-dir", str(tmp_path))
+    assert code == 130 and len(seen) == 1
+    assert seen[0].recipe["epochs"] == 10 and seen[0].recipe["seed"] == 3
+
+
+@needs_data
+def test_resume_uses_the_data_dir_the_run_was_started_with(capsys, tmp_path, monkeypatch):
+    import neuroplastic.recipes as recipes
+
+    real_execute = recipes.execute
+
+    def interrupted(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes, "execute", lambda prep, progress=True: real_execute(
+        prep, progress=progress, callbacks=(interrupted,), plots=False))
+    run = tmp_path / "run"
+    code, _, err = _main(capsys, "run", "npn-moons-vat-sparse", "epochs_scale=0.0025", "--out", str(run),
+                         "--data-dir", str(SHARED), "--no-progress")
+    assert code == 130
+    hint = err.strip().splitlines()[-1]
+    assert hint.startswith("interrupted; continue with: neuroplastic run npn-moons-vat-sparse epochs_scale=0.0025 ")
+    assert f"--data-dir {SHARED.resolve()}" in hint and hint.endswith("--resume")
+    assert json.loads((run / "run.json").read_text()) == {"data_dir": str(SHARED.resolve())}
+    monkeypatch.setattr(recipes, "execute", real_execute)
+    monkeypatch.setenv("NEUROPLASTIC_DATA", str(tmp_path / "elsewhere"))  # the default would find no data
+    code, _, err = _main(capsys, "run", "--resume", "--out", str(run), "--no-progress")
+    assert code == 0, err
+    assert json.loads((run / "results.json").read_text())[0]["epochs"] == 5
+    assert len((run / "history.jsonl").read_text().splitlines()) == 5

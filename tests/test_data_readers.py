@@ -27,24 +27,15 @@ from neuroplastic.data import (
 from neuroplastic.data import download as download_module
 from neuroplastic.data.cifar import read_cifar_batch
 from neuroplastic.data.idx import parse_idx, read_idx
+from neuroplastic.data.moons import VAT_SHA256, load_vat_moons
+from neuroplastic.errors import DataFileError
+from shared_data import CIFAR_SUBSET, SHARED, VAT, needs_data
 
 # Published per-class counts of MNIST (digits 0..9).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-
-
-def _shared_data() -> Path:
-    env = os.environ.get("NEUROPLASTIC_TEST_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-SHARED = _shared_data()
-needs_data = pytest.mark.skipif(
-    not (SHARED / "MNIST" / "raw").is_dir(),
-    reason=f"real data not found at {SHARED} (set NEUROPLASTIC_TEST_DATA to the shared data folder)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +133,10 @@ def test_cifar_reader_accepts_str_and_bytes_keys(tmp_path, bytes_keys):
 def test_cifar_reader_refuses_code_in_pickles(tmp_path):
     with open(tmp_path / "evil", "wb") as f:
         pickle.dump({"data": os.getcwd, "labels": []}, f)
-    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+    with pytest.raises(DataFileError, match=r"evil cannot be read as a CIFAR batch: it refers to .*getcwd, which "
+                       "is not allowed") as err:
         read_cifar_batch(tmp_path / "evil")
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
 
 
 def test_cifar100_reads_fine_labels(tmp_path, monkeypatch):
@@ -359,3 +352,79 @@ def test_an_archive_put_by_hand_is_extracted_without_network(tmp_path, monkeypat
     shutil.copyfile(archive, data_dir / archive.name)
     split = load_dataset("cifar10", data_dir=data_dir, val_size=0, download=False)
     assert len(split.train_y) == 10 and calls == []
+
+
+# -- pickled layouts: pinned checksums, restricted unpickling, clear errors for damaged files ------------
+def _copy_truncated(source: Path, target: Path, keep: float = 0.5) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = source.read_bytes()
+    target.write_bytes(data[: int(len(data) * keep)])
+    return target
+
+
+def _subset_copy(tmp_path: Path, damaged: str) -> Path:
+    """The CIFAR-10 subset in ``tmp_path`` (links to the shared files) with file ``damaged`` cut in half."""
+    folder = tmp_path / "cifar-10-subset" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for f in DATASETS["cifar10-subset"].files:
+        if f.name != damaged:
+            (folder / f.name).symlink_to(CIFAR_SUBSET / f.name)
+    return _copy_truncated(CIFAR_SUBSET / damaged, folder / damaged)
+
+
+@needs_data
+def test_pinned_checksums_are_those_of_the_shipped_files():
+    for f in DATASETS["cifar10-subset"].files:
+        assert download_module.file_digest(CIFAR_SUBSET / f.name, "sha256") == f.sha256, f.name
+    assert download_module.file_digest(VAT, "sha256") == VAT_SHA256
+
+
+@needs_data
+@pytest.mark.parametrize("damaged", ["data_batch_3", "batches.meta"])
+def test_truncated_cifar_subset_file_fails_its_pinned_checksum(tmp_path, damaged):
+    target = _subset_copy(tmp_path, damaged)
+    expected = next(f.sha256 for f in DATASETS["cifar10-subset"].files if f.name == damaged)
+    with pytest.raises(ChecksumError) as info:
+        load_dataset("cifar10-subset", data_dir=tmp_path, download=False)
+    message = str(info.value)
+    assert message.startswith(f"checksum mismatch for {target}: expected SHA256 {expected}, got "
+                              f"{download_module.file_digest(target, 'sha256')}")
+    assert "copy the project's shared data/cifar-10-subset folder" in message  # what to do
+
+
+@needs_data
+def test_truncated_cifar_batch_read_directly_is_a_data_file_error(tmp_path):
+    target = _copy_truncated(CIFAR_SUBSET / "data_batch_1", tmp_path / "data_batch_1")
+    with pytest.raises(DataFileError, match=r"data_batch_1 \(1,563,243 bytes\) cannot be read as a CIFAR batch: "
+                                            r"it is truncated, corrupt or not such a file"):
+        read_cifar_batch(target)
+
+
+@needs_data
+def test_truncated_moons_file_fails_its_checksum_through_load_dataset(tmp_path):
+    target = _copy_truncated(VAT, tmp_path / "moons-vat" / "syndata_1.pkl")
+    with pytest.raises(ChecksumError, match=f"checksum mismatch for {target}: expected SHA256 {VAT_SHA256}"):
+        load_dataset("moons-vat", data_dir=tmp_path)
+
+
+@needs_data
+@pytest.mark.parametrize("keep", [0.0, 0.01, 0.5, 0.999])
+def test_damaged_moons_file_without_the_checksum_is_still_a_clear_error(tmp_path, keep):
+    target = _copy_truncated(VAT, tmp_path / "syndata_1.pkl", keep)
+    with pytest.raises(DataFileError, match=f"{target}.* cannot be read as VAT's moons file: it is truncated"):
+        load_vat_moons(target, verify=False)
+
+
+def test_moons_file_of_the_wrong_shape_or_with_code_is_refused(tmp_path):
+    wrong = tmp_path / "wrong.pkl"
+    with open(wrong, "wb") as f:
+        pickle.dump(([(None, None), (np.zeros((10, 3)), np.zeros(10))], np.zeros((2, 3))), f)
+    with pytest.raises(DataFileError, match=r"does not hold VAT's moons data: expected X of 1000 x D points"):
+        load_vat_moons(wrong, verify=False)
+    evil = tmp_path / "evil.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump(os.getcwd, f)
+    with pytest.raises(DataFileError, match=r"evil.pkl cannot be read as VAT's moons file: it refers to .*getcwd"):
+        load_vat_moons(evil, verify=False)
+    with pytest.raises(ChecksumError, match="expected SHA256"):  # verified by default
+        load_vat_moons(wrong)

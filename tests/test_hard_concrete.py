@@ -1,10 +1,9 @@
-import math
 
 import pytest
 import torch
 from torch import nn
 
-from neuroplastic.methods.hard_concrete import BETA, GAMMA, ZETA, HardConcrete
+from neuroplastic.methods.hard_concrete import GAMMA, ZETA, HardConcrete
 
 
 def test_keep_probability_matches_monte_carlo_of_the_training_gate():
@@ -30,9 +29,13 @@ def test_eval_gate_is_deterministic_and_closes_negative_units():
     assert torch.allclose(hc.eval_gates(hc.sites[0]), expected)
     assert hc.architecture()["arch"] == [3]
     model.eval()
-    x = torch.randn(2, 3)
-    assert torch.equal(model(x), model(x))
-    assert math.isclose(BETA, 2 / 3)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    gates = hc.eval_gates(hc.sites[0]).detach()
+    # eval applies exactly these gates to the first layer's units (the closed one contributes nothing)
+    first, last = (torch.nn.functional.linear(x, model[0].weight, model[0].bias), model[2])
+    expected = last(torch.relu(first) * gates)
+    assert gates[0] == 0 and 0 < gates[1] < 1 and torch.allclose(model(x), expected, atol=1e-6)
+    assert not torch.allclose(model(x), last(torch.relu(first)), atol=1e-3)  # the gates do act
 
 
 def test_training_reduces_the_penalty_and_gates_get_gradients():

@@ -228,3 +228,30 @@ def test_spatial_augmentation_needs_images():
         TensorLoader(torch.zeros(4, 10), torch.zeros(4), 2, hflip=True)
     with pytest.raises(ValueError, match="same length"):
         TensorLoader(torch.zeros(4, 10), torch.zeros(3), 2)
+
+
+def test_one_mean_and_std_apply_to_every_feature_of_vectors():
+    """A data set with one normalisation constant (the moons vectors: mean 0, std 1) works with normalize on."""
+    x, y = torch.arange(12.0).view(3, 4), torch.arange(3)
+    (batch, _), = TensorLoader(x, y, 3, mean=(1.0,), std=(2.0,))
+    assert torch.equal(batch, (x - 1.0) / 2.0)
+
+
+def test_processes_share_each_batch_of_the_same_plan():
+    x = torch.arange(21, dtype=torch.float32).view(21, 1)
+    y = torch.arange(21)
+    whole = TensorLoader(x, y, batch_size=4, shuffle=True, seed=3)
+    shards = [TensorLoader(x, y, batch_size=4, shuffle=True, seed=3, rank=r, world_size=2) for r in range(2)]
+    batches = list(whole)
+    parts = [list(s) for s in shards]
+    # the last batch (1 example) is kept by one process, left out by two (one would get no example)
+    assert len(whole) == 6 and len(shards[0]) == len(shards[1]) == 5
+    for b, (xb, _) in enumerate(batches[:5]):
+        together = torch.cat([parts[0][b][0], parts[1][b][0]])
+        assert sorted(together.flatten().tolist()) == sorted(xb.flatten().tolist())
+        assert torch.equal(parts[0][b][0], xb[0::2]) and torch.equal(parts[1][b][0], xb[1::2])
+    assert len(parts[0]) == len(parts[1]) == 5
+    with pytest.raises(ValueError, match="rank must be an int in"):
+        TensorLoader(x, y, batch_size=4, rank=2, world_size=2)
+    with pytest.raises(ValueError, match=r"batch_size \(1\) must be >= world_size \(2\)"):
+        TensorLoader(x, y, batch_size=1, rank=0, world_size=2)

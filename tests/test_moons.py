@@ -1,12 +1,10 @@
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from neuroplastic.data.moons import load_vat_moons, make_moons_2d, moons_splits
-
-VAT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "moons-vat" / "syndata_1.pkl"
+from shared_data import VAT
 
 
 def test_generated_moons_follow_the_paper_distribution():

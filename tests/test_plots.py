@@ -342,3 +342,25 @@ def test_cli_compares_several_runs_into_out(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "pics" / "compare.png")
     assert main([str(a), str(b)]) == 2  # where to write must be given
     assert "needs --out DIR" in capsys.readouterr().err
+
+
+def test_a_run_too_short_for_a_plastic_epoch_says_so_and_has_whole_epoch_ticks(tmp_path):
+    from neuroplastic.plots.architecture import architecture_title
+    from neuroplastic.plots.style import epoch_axis, new_figure, stage_spans
+
+    run = tmp_path / "short"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": "short", "method": {"name": "npn", "stages": [1, 1]}}))
+    _write_jsonl(run / "history.jsonl", [{**_common(e), "stage": s, "k": 5000.0, "arch": [4], "params": 40}
+                                         for e, s in ((0, 1), (1, 3))])
+    data = load_run(run)
+    assert architecture_title(data, stage_spans(data)) == (
+        "short: architecture over training (npn): no plastic epoch, so the gates could not change")
+    full = load_run(make_npn_run(tmp_path))
+    assert architecture_title(full, stage_spans(full)) == "npn-tiny: architecture over training (npn)"
+    ax = new_figure().subplots()
+    ax.plot([0, 1], [0, 1])
+    epoch_axis(ax)
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 1]
+    assert ticks == [0.0, 1.0] and ax.get_xlabel() == "epoch"
+    assert plot_architecture(data, tmp_path / "a.png").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -13,9 +12,10 @@ from torch import nn
 
 import neuroplastic
 from neuroplastic.data import DatasetNotFoundError
+from shared_data import SHARED
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-DATA = Path(os.environ.get("NEUROPLASTIC_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA = SHARED
 
 
 def readme_snippet(section: str) -> str:

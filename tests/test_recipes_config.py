@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from neuroplastic.recipes.config import (
@@ -143,3 +145,23 @@ def test_scale_epochs_keeps_inner_boundaries_inside_the_run():
     r["method"]["stages"] = ["a"]
     with pytest.raises(RecipeError, match="'stages' must hold numbers"):
         scale_epochs(r, 0.5)
+
+
+def test_a_scale_that_empties_a_stage_warns_and_names_it(caplog):
+    r = _recipe(epochs=2000)
+    r["method"] = {"name": "npn", "stages": [500, 1000]}
+    with caplog.at_level(logging.WARNING, logger="neuroplastic.recipes.config"):
+        assert scale_epochs(r, 0.01)["method"]["stages"] == [5, 10]
+    assert not caplog.records  # every stage keeps epochs
+    with caplog.at_level(logging.WARNING, logger="neuroplastic.recipes.config"):
+        out = scale_epochs(r, 0.001)
+    assert out["epochs"] == 2 and out["method"]["stages"] == [1, 1]
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "warning: epochs_scale=0.001: method.stages [500, 1000] became [1, 1] in a run of 2 epochs, so the epochs "
+        "from method.stages[0] to method.stages[1] (NPN's plastic stage) are gone; use a larger epochs_scale")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="neuroplastic.recipes.config"):
+        scale_epochs(r, 0.0005)  # one epoch: stages [0, 0], no pre-training and no plastic epoch
+    assert ["pre-training stage" in m.getMessage() for m in caplog.records] == [True, False]
+    assert "plastic stage" in caplog.records[1].getMessage()

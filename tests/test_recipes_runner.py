@@ -142,13 +142,19 @@ def test_registry_names_every_method_and_reports_missing_modules():
         method_class("no_such_pkg.mod:M")
     with pytest.raises(RecipeError, match="is not a CapacityMethod subclass"):
         method_class("torch.nn:Linear")
-    with pytest.raises(RecipeError, match=r"method 'rigl' \(neuroplastic.methods.dst:RigL\) is not available"):
-        try:
-            import neuroplastic.methods.dst  # noqa: F401
-        except ModuleNotFoundError:
-            method_class("rigl")
-        else:
-            raise RecipeError("method 'rigl' (neuroplastic.methods.dst:RigL) is not available: merged already")
+    for name, path in METHODS.items():  # every registry path resolves to its class
+        assert method_class(name).__name__ == path.rpartition(":")[2]
+
+
+def test_registry_entry_whose_module_or_class_is_missing_is_named(monkeypatch):
+    monkeypatch.setitem(METHODS, "rigl", "neuroplastic.methods.no_such_module:RigL")
+    with pytest.raises(RecipeError, match=r"method 'rigl' \(neuroplastic.methods.no_such_module:RigL\) is not "
+                                          r"available: module 'neuroplastic.methods.no_such_module' not found"):
+        method_class("rigl")
+    monkeypatch.setitem(METHODS, "rigl", "neuroplastic.methods.dst:NoSuchClass")
+    with pytest.raises(RecipeError, match=r"method 'rigl' \(neuroplastic.methods.dst:NoSuchClass\) is not "
+                                          r"available: neuroplastic.methods.dst has no 'NoSuchClass'"):
+        method_class("rigl")
 
 
 def _shipped_params():
@@ -162,11 +168,7 @@ def test_every_shipped_recipe_constructs(name):
 
     recipe = resolve(name, ["epochs_scale=0.1"])
     assert recipe["description"] and recipe["name"] == name
-    method_name = recipe["method"]["name"]
-    try:
-        method_class(method_name)
-    except RecipeError as err:
-        pytest.skip(f"method {method_name!r} not merged into this branch yet: {err}")
+    method_class(recipe["method"]["name"])  # every shipped recipe names a method of this build
     # shapes of the data sets without reading them (the moons points are 100-D vectors)
     spec = DATASETS.get(recipe["data"]["name"], SimpleNamespace(num_classes=2, input_shape=(100,)))
     torch.manual_seed(0)
@@ -195,3 +197,20 @@ def test_npn_lenet_recipes_start_from_the_paper_architectures():
     assert archs["sparse"]["arch"] == [20, 50, 800, 500] and archs["sparse"]["params"] == 430500
     # 3-3-48-3: 25*3 + 25*3*3 + 48*3 + 3*10 = 474 weights (the paper's Table I)
     assert archs["expand"]["arch"] == [3, 3, 48, 3] and archs["expand"]["params"] == 474
+
+
+def test_compact_weights_keep_the_network_inputs_that_params_leave_out(tmp_path, fake_data):
+    """docs/architecture.md (Contract 3): ``params`` counts the weights between open units, the network's
+    open input features included; the compacted model cannot drop input features (the data still has
+    them), so ``compact_weights`` counts every input column of the kept hidden units."""
+    method = {**NPN_TINY, "gates": {"1": "in", "3": "in"}, "stages": [2, 3]}  # one plastic epoch
+    prep = prepare(_write(tmp_path, method, epochs=3), out=tmp_path / "run")
+    with torch.no_grad():  # close 11 of the 16 input features and 3 of the 8 hidden units
+        prep.method.sites[0].gates.phi[5:] = -5.0
+        prep.method.sites[1].gates.phi[:3] = -5.0
+    result = execute(prep, progress=False, plots=False)
+    assert result["arch"] == [5, 5]
+    assert result["params"] == 5 * 5 + 5 * 3  # open inputs x open hidden units + hidden units x classes
+    assert result["compact_weights"] == 16 * 5 + 5 * 3  # all 16 input columns stay in the compacted model
+    first = torch.load(tmp_path / "run" / "compact.pt", weights_only=True)["state_dict"]["1.weight"]
+    assert first.shape == (5, 16) and not first[:, 5:].any() and first[:, :5].all()  # closed inputs: zeros

@@ -1,5 +1,7 @@
 """Iterative magnitude pruning with weight rewinding and learning-rate rewinding."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -100,12 +102,40 @@ def test_lr_rewinding_keeps_weights_and_reaches_final_density():
     assert imp.engine.nnz() == {n: kept_count(0.25, m.numel()) for n, m in imp.engine.masks.items()}
 
 
-def test_state_round_trip_and_errors():
-    model, opt, sched, imp = setup("weights", rewind_epoch=0)
+def _same(a, b) -> bool:
+    """Nested state dicts equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_state_round_trip_continues_exactly():
+    """A fresh instance loaded mid-run (after the first pruning round) continues exactly as the original."""
+    model, opt, sched, imp = setup("weights")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # round 0 and its pruning: round 1, half the weights masked, a rewind point
+        run_epoch(model, opt, sched, imp, gen)
     state = imp.state_dict()
-    _, _, _, other = setup("weights", rewind_epoch=0)
+    model2, opt2, sched2, other = setup("weights")
+    assert not _same(other.state_dict(), state), "a fresh instance differs (else the round trip shows nothing)"
     other.load_state_dict(state)
-    assert other.round == 0 and other._rewind_point is not None
+    assert _same(other.state_dict(), state) and other.round == 1
+    for target, source in ((model2, model), (opt2, opt), (sched2, sched)):
+        target.load_state_dict(copy.deepcopy(source.state_dict()))  # torch keeps loaded tensors: copy
+    gen2 = torch.Generator().manual_seed(1)
+    gen.manual_seed(1)
+    events = [run_epoch(model, opt, sched, imp, gen) for _ in range(4)]
+    assert [run_epoch(model2, opt2, sched2, other, gen2) for _ in range(4)] == events
+    assert any(e for e in events), "the continuation prunes again"
+    assert _same(other.state_dict(), imp.state_dict()) and _same(model2.state_dict(), model.state_dict())
+
+
+def test_state_errors():
+    model, opt, sched, imp = setup("weights", rewind_epoch=0)
     with pytest.raises(ValueError, match="exactly one"):
         IterativePruning(model, opt, rounds=2, epochs_per_round=2, steps_per_epoch=1)
     with pytest.raises(ValueError, match="rewind must be"):

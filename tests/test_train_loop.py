@@ -1,4 +1,6 @@
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -93,12 +95,52 @@ def test_selection_uses_validation_and_never_test(tmp_path):
     assert res_after.selected_epoch >= 3
 
 
+class _WreckLastEpoch(NoisyMethod):
+    """Adds large noise to the first layer during the last epoch, so the best epoch is an earlier one."""
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.scale = 3.0 if epoch == 4 else 0.0
+
+    def step(self) -> None:
+        super().step()
+        with torch.no_grad():
+            self.model[0].weight.add_(self.scale * torch.randn(self.model[0].weight.shape, generator=self.generator))
+
+
 def test_selected_model_is_the_one_tested(tmp_path):
-    model, res = _run(tmp_path, selection="best_val")
-    assert res.selected_epoch != 4 or res.history[4]["val_acc"] == max(r["val_acc"] for r in res.history)
-    val_loss, val_acc = evaluate(model, _setup()[4]["val"])
-    assert val_acc == res.val_accuracy
-    assert val_loss == pytest.approx(res.val_loss)
+    model, _, opts, scheds, loaders = _setup()
+    res = fit(model, _WreckLastEpoch(model), opts, scheds, loaders, epochs=5, run_dir=tmp_path, progress=False)
+    best = res.history[res.selected_epoch]
+    assert res.selected_epoch != 4, "the wrecked last epoch must not be the best (else this test proves nothing)"
+    assert best["val_acc"] == max(r["val_acc"] for r in res.history) > res.history[4]["val_acc"]
+    val_loss, val_acc = evaluate(model, loaders["val"])  # the model fit returns is the selected one
+    assert (val_acc, res.val_accuracy) == (best["val_acc"], best["val_acc"])
+    assert val_loss == pytest.approx(best["val_loss"]) and res.val_loss == pytest.approx(best["val_loss"])
+    assert res.test_accuracy == evaluate(model, loaders["test"])[1]
+
+
+def test_epochs_are_numbered_from_0_in_printed_lines_and_bars(tmp_path, capsys):
+    model, method, opts, scheds, loaders = _setup(epochs=2)
+    fit(model, method, opts, scheds, loaders, epochs=2, run_dir=tmp_path, progress=True)
+    err = "".join(capsys.readouterr())  # summary lines on stdout (tqdm.write), bars on stderr
+    assert "epoch 0: train loss" in err and "epoch 1: train loss" in err  # the summary lines
+    assert "epoch 0 (0-1)" in err and "epoch 1 (0-1)" in err  # the epoch's own bar
+    assert "epoch 2" not in err and not re.search(r"epoch \d+/", err)  # no "epoch 1/2" counting from 1
+    assert [json.loads(s)["epoch"] for s in (tmp_path / "history.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_missing_tensorboard_is_not_reported_as_a_problem(tmp_path, monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with caplog.at_level(logging.INFO):
+        _run(tmp_path / "a", epochs=1)
+    assert not [r for r in caplog.records if "tensorboard" in r.getMessage().lower()]
+    with caplog.at_level(logging.DEBUG, logger="neuroplastic.train.records"):
+        _run(tmp_path / "b", epochs=1)
+    (record,) = [r for r in caplog.records if "tensorboard" in r.getMessage().lower()]
+    assert record.levelno == logging.DEBUG and "optional extra neuroplastic[tensorboard]" in record.getMessage()
 
 
 def test_plain_method_and_bad_arguments(tmp_path):

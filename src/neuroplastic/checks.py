@@ -1,9 +1,9 @@
 """Argument checks shared by every layer of the package, so bad input reads the same everywhere.
 
 Each check returns the value (as ``float`` or ``int``) or raises an error that names the parameter, the
-value given and what is allowed. A value out of range is a ``ValueError``; a value of the wrong type (a
-string or a bool where a number belongs) is an :class:`ArgumentTypeError`, which is both a ``TypeError``
-and a ``ValueError``, so a caller that catches bad values catches it too.
+value given and what is allowed: a value out of range is a :class:`~neuroplastic.errors.BadInput` (a
+``ValueError``); a value of the wrong type (a string or a bool where a number belongs) is a
+:class:`~neuroplastic.errors.BadType` (a ``TypeError`` and bad input).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import numbers
 from collections.abc import Collection
 from typing import Any
 
-
-class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type (a ``TypeError`` and a ``ValueError``)."""
+from neuroplastic.errors import BadInput, BadType
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -40,13 +38,13 @@ def check_number(
     """``value`` as a float if it is a finite real number within the bounds (``None``: unbounded)."""
     allowed = _interval(low, high, low_open, high_open)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+        raise BadType(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
     value = float(value)
     bad = (not math.isfinite(value)
            or (low is not None and (value <= low if low_open else value < low))
            or (high is not None and (value >= high if high_open else value > high)))
     if bad:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise BadInput(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
@@ -59,21 +57,21 @@ def check_int(name: str, value: Any, *, low: int | None = None) -> int:
     """``value`` if it is an integer (not a bool) ``>= low``."""
     allowed = "an int" if low is None else f"an int >= {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentTypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+        raise BadType(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
     if low is not None and value < low:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise BadInput(f"{name} must be {allowed}, got {value!r}")
     return int(value)
 
 
 def check_choice(name: str, value: Any, allowed: Collection[Any]) -> Any:
     """``value`` if it is one of ``allowed``."""
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+        raise BadInput(f"{name} must be one of {tuple(allowed)}, got {value!r}")
     return value
 
 
 def check_bool(name: str, value: Any) -> bool:
     """``value`` if it is True or False."""
     if not isinstance(value, bool):
-        raise ArgumentTypeError(f"{name} must be True or False, got {value!r}")
+        raise BadType(f"{name} must be True or False, got {value!r}")
     return value

@@ -5,14 +5,19 @@
 lists the shipped recipes, ``neuroplastic plot RUN_DIR`` draws a run (from :mod:`neuroplastic.plots.cli`).
 A new subcommand is one more :class:`Command` in :data:`COMMANDS`.
 
-Bad input ends with one line on stderr and exit code 2, without a traceback.
+Bad input (the exceptions of :data:`neuroplastic.errors.USER_ERRORS`: a wrong argument, recipe key or
+value, a missing or damaged data file) ends with one line on stderr and exit code 2, without a traceback.
+Any other exception is a bug: it keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,8 +25,12 @@ from pathlib import Path
 
 import yaml
 
+from neuroplastic.errors import USER_ERRORS
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: what a run folder remembers of how it was started (beside recipe.yaml): ``{"data_dir": ...}``
+RUN_INFO = "run.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class Command:
     #: hand every argument after the command name to the handler untouched (``args.args``), options and
     #: ``--help`` included: for commands whose own parser lives elsewhere (``plot``)
     pass_through: bool = False
+    #: options and positionals in any order (``run RECIPE --data-dir DIR key=value``)
+    intermixed: bool = False
 
 
 def _fail(command: str, message: object) -> int:
@@ -58,26 +69,40 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from neuroplastic.recipes import RecipeError, execute, prepare
+    from neuroplastic.data.download import resolve_data_dir
+    from neuroplastic.recipes import execute, prepare
+    from neuroplastic.train.distributed import barrier, init_from_env, world
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.recipe is None:
         if not (args.resume and args.out):
             return _fail("run", "RECIPE is required (it may be left out only with --resume --out DIR)")
         args.recipe = str(Path(args.out) / "recipe.yaml")  # the resolved recipe the run was started with
+    if args.resume and args.data_dir is None and args.out is not None:
+        args.data_dir = remembered_data_dir(Path(args.out))  # the data the run was started with
+    device = init_from_env(args.device)  # under torchrun: join the process group (one device per process)
+    main = world()[0] == 0
     try:
-        prep = prepare(args.recipe, args.overrides, out=args.out, data_dir=args.data_dir, device=args.device,
+        prep = prepare(args.recipe, args.overrides, out=args.out, data_dir=args.data_dir, device=device,
                        resume=args.resume)
-    except (RecipeError, ValueError, TypeError, FileNotFoundError) as err:
-        # everything here is raised before the run folder is touched
+    except USER_ERRORS as err:  # raised before the run folder is touched; anything else is a bug
         return _fail("run", err)
-    print(f"run folder: {prep.run_dir}", file=sys.stderr)
+    data_dir = str(resolve_data_dir(args.data_dir).resolve())
+    barrier()  # every process has checked the run folder before the main one writes into it
+    if main:
+        remember_run(prep.run_dir, data_dir)
+        print(f"run folder: {prep.run_dir}", file=sys.stderr)
     try:
         result = execute(prep, progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: neuroplastic run {args.recipe} {' '.join(args.overrides)} "
-              f"--out {prep.run_dir} --resume", file=sys.stderr)
+        again = ["neuroplastic", "run", args.recipe, *args.overrides, "--out", str(prep.run_dir),
+                 "--data-dir", data_dir, "--resume"]
+        if args.device != "cpu":
+            again[-1:-1] = ["--device", args.device]
+        print(f"\ninterrupted; continue with: {shlex.join(again)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if not main:
+        return 0
     arch = result["arch"]
     arch_text = "-".join(map(str, arch)) if isinstance(arch, list) else "dense"
     print(f"{result['recipe']}: test accuracy {result['test_accuracy']:.4f} (val {result['val_accuracy']:.4f}, "
@@ -85,6 +110,23 @@ def _run(args: argparse.Namespace) -> int:
           f"{result['params_dense']:,}, FLOPs {result['flops']:,}/{result['flops_dense']:,}; "
           f"{prep.run_dir / 'results.json'}")
     return 0
+
+
+def remember_run(run_dir: Path, data_dir: str) -> None:
+    """Write ``RUN_DIR/run.json`` with the data directory of this start (or resume) of the run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (RUN_INFO + ".tmp")
+    tmp.write_text(json.dumps({"data_dir": data_dir}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / RUN_INFO)
+
+
+def remembered_data_dir(run_dir: Path) -> str | None:
+    """The data directory ``run.json`` of ``run_dir`` remembers (``None``: no such file or entry)."""
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return info.get("data_dir") if isinstance(info, dict) else None
 
 
 # -- recipes -------------------------------------------------------------------------------------------
@@ -140,13 +182,14 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         run_demo(args)
-    except (ValueError, FileExistsError) as err:
+    except (*USER_ERRORS, FileExistsError) as err:
         return _fail("demo", err)
     return 0
 
 
 COMMANDS: list[Command] = [
-    Command("run", "train a recipe into a run folder (results.json, history, checkpoints)", _configure_run, _run),
+    Command("run", "train a recipe into a run folder (results.json, history, checkpoints)", _configure_run, _run,
+            intermixed=True),
     Command("recipes", "list the shipped recipes, one line each", _configure_recipes, _recipes),
     Command("plot", "draw the pictures of a run folder", _configure_plot, _plot, pass_through=True),
     Command("demo", "the NPN paper's moons experiment, sparsify and expand, with pictures", _configure_demo, _demo),
@@ -161,14 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.help, description=command.help,
                            add_help=not command.pass_through)
         command.configure(p)
-        p.set_defaults(handler=command.handler, pass_through=command.pass_through)
+        p.set_defaults(handler=command.handler, pass_through=command.pass_through,
+                       subparser=p if command.intermixed else None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``neuroplastic`` script; returns the exit code (argparse errors exit with 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "subparser", None) is not None:
+        # options and positionals in any order: the top-level parser has no options of its own, so
+        # everything after the command name belongs to the command
+        command, handler = args.command, args.handler
+        args = args.subparser.parse_intermixed_args(argv[argv.index(command) + 1:])
+        args.command, args.handler, extra = command, handler, []
     if getattr(args, "pass_through", False):
         args.args = [*args.args, *extra]  # options argparse set aside, e.g. ``plot --help``
     elif extra:

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from neuroplastic.data.moons import moons_splits
+from neuroplastic.errors import BadInput
 from neuroplastic.plots.boundary import BoundaryFrame, boundary_frame, save_boundary_gif, save_boundary_png
 from neuroplastic.recipes.runner import execute, prepare
 
@@ -55,12 +56,12 @@ def run_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         if mode not in RECIPES:
-            raise ValueError(f"--modes may contain {sorted(RECIPES)}, got {mode!r}")
+            raise BadInput(f"--modes may contain {sorted(RECIPES)}, got {mode!r}")
     if args.frame_every < 1:
-        raise ValueError(f"--frame-every must be >= 1, got {args.frame_every}")
+        raise BadInput(f"--frame-every must be >= 1, got {args.frame_every}")
     jobs = min(len(modes), os.cpu_count() or 1) if args.jobs is None else args.jobs
     if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        raise BadInput(f"--jobs must be >= 1, got {jobs}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # a tiny MLP: threads only add overhead
@@ -101,7 +102,7 @@ def _run_mode(mode: str, run_dir: Path, out: Path, args: argparse.Namespace, pos
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val_acc=f"{rec['val_acc']:.3f}",
                         units="-".join(map(str, rec["arch"])), params=rec["params"], refresh=False)
         if epoch % args.frame_every == 0 or epoch in stage_ends:
-            caption = (f"{mode}, epoch {epoch + 1}, stage {rec['stage']}, k={rec['k']:g}\n"
+            caption = (f"{mode}, epoch {epoch}, stage {rec['stage']}, k={rec['k']:g}\n"
                        f"units {'-'.join(map(str, rec['arch']))}, {rec['params']} params, "
                        f"val acc {rec['val_acc']:.3f}")
             frame = boundary_frame(prep.model, data.embed, caption)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from neuroplastic.errors import BadInput
 
-class ObjectNotFound(ValueError):
-    """A ``"module:attribute"`` path that does not name an importable object."""
+
+class ObjectNotFound(BadInput):
+    """A ``"module:attribute"`` path that does not name an importable object (bad input)."""
 
 
 def import_object(spec: str, what: str = "object") -> Any:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from neuroplastic.errors import BadInput
+
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -33,7 +35,8 @@ def layer_flops(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -
     """Dense forward FLOPs per example of each Linear/Conv layer, keyed by module name.
 
     ``example_input`` is a tensor with a batch dimension or a shape without one (e.g. ``(1, 28, 28)``).
-    The model is run once in eval mode on a batch of one; its training mode is restored afterwards.
+    The model is run once in eval mode on a batch of one; its training mode is restored afterwards. A model
+    that cannot take such an input raises :class:`~neuroplastic.errors.BadInput` naming the shape.
     """
     if not isinstance(example_input, torch.Tensor):
         shape = tuple(int(s) for s in example_input)
@@ -62,6 +65,9 @@ def layer_flops(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -
     model.eval()
     try:
         model(x)
+    except RuntimeError as err:  # e.g. a model built for another input size than the data's
+        raise BadInput(f"an input of shape {tuple(x.shape[1:])} (one example) does not run through "
+                       f"{type(model).__name__}: {str(err).splitlines()[0]}") from err
     finally:
         model.train(was_training)
         for h in hooks:

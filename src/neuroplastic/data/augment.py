@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from neuroplastic.errors import BadInput
+
 PADDING_MODES = ("zeros", "reflect")
 
 
@@ -22,7 +24,7 @@ def random_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, padding:
     ``padding_mode`` is ``"zeros"`` (constant 0) or ``"reflect"`` (mirror without repeating the edge).
     """
     if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        raise BadInput(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if padding == 0:
         return x
     n, _, h, w = x.shape

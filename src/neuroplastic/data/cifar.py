@@ -10,28 +10,12 @@ Both are accepted.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Sequence
 
 import numpy as np
 
-# The batches hold only plain containers and numpy arrays. Unpickling anything else could run arbitrary
-# code, so only the numpy names needed to rebuild an array are allowed.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, which is not allowed")
-        return super().find_class(module, name)
+from neuroplastic.data.safe_pickle import load_data_pickle
+from neuroplastic.errors import DataFileError
 
 
 def _get(entry: dict, key: str, source: str):
@@ -41,7 +25,7 @@ def _get(entry: dict, key: str, source: str):
     if key.encode() in entry:
         return entry[key.encode()]
     keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in entry)
-    raise KeyError(f"{source}: no {key!r} entry in the CIFAR batch (keys: {keys})")
+    raise DataFileError(f"{source}: no {key!r} entry in the CIFAR batch (keys: {keys})")
 
 
 def read_cifar_batch(path: str | os.PathLike, label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
@@ -50,16 +34,14 @@ def read_cifar_batch(path: str | os.PathLike, label_key: str = "labels") -> tupl
     ``label_key`` is ``"labels"`` for CIFAR-10 and ``"fine_labels"`` (or ``"coarse_labels"``) for CIFAR-100.
     """
     source = os.fspath(path)
-    with open(path, "rb") as f:
-        # encoding="bytes" keeps Python-2 strings as bytes (and is needed for Python-2 numpy arrays).
-        entry = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    entry = load_data_pickle(source, "a CIFAR batch")
     if not isinstance(entry, dict):
-        raise ValueError(f"{source}: expected a pickled dict, found {type(entry).__name__}")
+        raise DataFileError(f"{source}: expected a pickled dict, found {type(entry).__name__}")
     data = np.asarray(_get(entry, "data", source), dtype=np.uint8)
     labels = np.asarray(_get(entry, label_key, source), dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-        raise ValueError(f"{source}: data of shape {data.shape} and {labels.shape[0]} labels do not form "
-                         f"a CIFAR batch (N x 3072 with N labels)")
+        raise DataFileError(f"{source}: data of shape {data.shape} and {labels.shape[0]} labels do not form "
+                            f"a CIFAR batch (N x 3072 with N labels)")
     return data.reshape(-1, 3, 32, 32), labels
 
 

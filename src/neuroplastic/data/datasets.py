@@ -23,6 +23,7 @@ from neuroplastic.data.cifar import read_cifar_batches
 from neuroplastic.data.download import Archive, RemoteFile, ensure_files, resolve_data_dir
 from neuroplastic.data.idx import read_idx
 from neuroplastic.data.loader import TensorLoader
+from neuroplastic.errors import BadInput, DataFileError
 
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 _FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
@@ -119,10 +120,18 @@ DATASETS: dict[str, DatasetSpec] = {
                         ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",), "cifar-100-python"),
     ),
     # A locally made subset (the first 1,017 images of each CIFAR-10 batch): no published checksum, no
-    # mirror. Only loaded when asked for by this name, so it is never mistaken for the full set.
+    # mirror; the SHA-256 of the shipped files is pinned, so a truncated or damaged copy is caught before
+    # it is read. Only loaded when asked for by this name, so it is never mistaken for the full set.
     "cifar10-subset": DatasetSpec(
         folder="cifar-10-subset/cifar-10-batches-py",
-        files=tuple(RemoteFile(n, None) for n in (*_CIFAR10_BATCHES, "batches.meta")),
+        files=tuple(RemoteFile(n, None, sha) for n, sha in zip((*_CIFAR10_BATCHES, "batches.meta"), (
+            "598cbd028c52709c628dd393e3a764d880ab673c97078f659ee047aff405fa03",
+            "95f769a0296a043b6c1c9fc42a7db1f140729115dd1799e82b58e67bc6402114",
+            "82926c870e6118fc5507f5bfc95911af142fb96cb6f4ee85121a7b77e886bc09",
+            "e7137e1f2d7329fd390ffd73282f4d47a94c0b96bc5681741b6f34edebff01aa",
+            "84cebd23a3c01f89e4b26c54230c15fe38292123660f6d70fd8c4865e628da56",
+            "50cd931a88d9bbddee6f478bf0b2ddd75d8e9a06898c8ede2272838216c8f91c",
+            "f962466ef690d46b226450fb9aadc74ba4bc64a76aa526b5827fe4bc5c7125cb"), strict=True)),
         read=_read_cifar10, num_classes=10, input_shape=(3, 32, 32),
         mean=_CIFAR10_MEAN, std=_CIFAR10_STD, augmentation=_CIFAR_AUGMENT,
         hint="cifar10-subset is a local subset with no download: copy the project's shared "
@@ -176,10 +185,10 @@ class DataSplits:
         tensors = {"train": (self.train_x, self.train_y), "val": (self.val_x, self.val_y),
                    "test": (self.test_x, self.test_y)}
         if split not in tensors:
-            raise ValueError(f"split must be one of {sorted(tensors)}, got {split!r}")
+            raise BadInput(f"split must be one of {sorted(tensors)}, got {split!r}")
         x, y = tensors[split]
         if x is None:
-            raise ValueError(f"{self.name} was loaded with val_size=0: there is no validation split")
+            raise BadInput(f"{self.name} was loaded with val_size=0: there is no validation split")
         norm = {"mean": self.mean, "std": self.std} if normalize else {}
         return TensorLoader(x, y, batch_size, shuffle=False, **norm)
 
@@ -200,13 +209,13 @@ def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tenso
         raise TypeError(f"val_size must be an int (count) or a float (fraction), got {val_size!r}")
     if isinstance(val_size, float):
         if not 0.0 <= val_size < 1.0:
-            raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
+            raise BadInput(f"val_size as a fraction must be in [0, 1), got {val_size}")
         count = round(val_size * n)
         if count >= n:
-            raise ValueError(f"val_size={val_size} of {n} examples leaves no training example")
+            raise BadInput(f"val_size={val_size} of {n} examples leaves no training example")
     else:
         if not 0 <= val_size < n:
-            raise ValueError(f"val_size as a count must be in [0, {n}) for this training set, got {val_size}")
+            raise BadInput(f"val_size as a count must be in [0, {n}) for this training set, got {val_size}")
         count = val_size
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=generator)
@@ -253,14 +262,17 @@ def load_dataset(
     DatasetNotFoundError
         Files missing and not downloadable; the message names them and the folder.
     ChecksumError
-        A file of a full data set does not have its published MD5.
+        A file does not have its published MD5 (full data sets) or its pinned SHA-256 (local layouts:
+        ``cifar10-subset``, ``moons-vat``).
+    DataFileError
+        A file cannot be read as what it should be (truncated, corrupt).
     """
     from neuroplastic.data.moons import MOONS_DATASETS, load_moons_dataset
 
     if name in MOONS_DATASETS:
         return load_moons_dataset(name, data_dir, val_size, seed, device)
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; allowed names: {', '.join(list_datasets())}")
+        raise BadInput(f"unknown data set {name!r}; allowed names: {', '.join(list_datasets())}")
     spec = DATASETS[name]
     root = resolve_data_dir(data_dir)
     paths = ensure_files(
@@ -271,7 +283,7 @@ def load_dataset(
     train_y, test_y = train_y.astype(np.int64), test_y.astype(np.int64)  # IDX labels are uint8
     for split, y in (("train", train_y), ("test", test_y)):
         if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-            raise ValueError(f"{name}: {split} labels outside [0, {spec.num_classes})")
+            raise DataFileError(f"{name}: {split} labels outside [0, {spec.num_classes})")
     train_idx, val_idx = split_indices(len(train_y), val_size, seed)
     train_idx, val_idx = train_idx.numpy(), val_idx.numpy()
     has_val = len(val_idx) > 0

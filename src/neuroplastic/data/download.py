@@ -5,9 +5,11 @@ precedence: the ``data_dir`` argument, the environment variable ``NEUROPLASTIC_D
 cache folder ``~/.cache/neuroplastic`` (``$XDG_CACHE_HOME/neuroplastic`` when that is set).
 
 Files of the full public data sets are checked against their published MD5 checksums every time they
-are read (a few hundred milliseconds), so a truncated or corrupted download never trains a model
-silently. Missing files are downloaded from the usual public mirrors when the network answers; when
-it does not, :class:`DatasetNotFoundError` names every missing file and the folder to put it in.
+are read (a few hundred milliseconds), and the files of local-only layouts (the CIFAR-10 subset, the
+moons file of the NPN paper) against pinned SHA-256 checksums, so a truncated or corrupted file never
+trains a model silently: :class:`ChecksumError` names the file, the expected and the actual checksum.
+Missing files are downloaded from the usual public mirrors when the network answers; when it does not,
+:class:`DatasetNotFoundError` names every missing file and the folder to put it in.
 """
 
 from __future__ import annotations
@@ -22,29 +24,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuroplastic.errors import DataFileError, DatasetNotFoundError
 from neuroplastic.files import write_atomic
 
 ENV_VAR = "NEUROPLASTIC_DATA"
 DOWNLOAD_TIMEOUT_S = 10.0
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """Files of a data set are missing and could not be downloaded."""
-
-
-class ChecksumError(ValueError):
-    """A data file exists but its MD5 differs from the published one (corrupted or wrong file)."""
+class ChecksumError(DataFileError):
+    """A data file exists but its checksum differs from the pinned one (corrupted or wrong file)."""
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a data set: its path relative to the data set folder and its published MD5.
+    """One file of a data set: its path relative to the data set folder and its checksum.
 
-    ``md5`` is ``None`` for files whose content is not fixed (e.g. a subset made locally).
+    ``md5`` is the published MD5 of a file of a public data set; a file without one (a subset made
+    locally) may pin its ``sha256`` instead. Neither: the file is not checked.
     """
 
     name: str
     md5: str | None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,23 +77,35 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return default_data_dir()
 
 
-def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex MD5 digest of a file, read in chunks."""
-    digest = hashlib.md5()
+def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk_size: int = 1 << 20) -> str:
+    """Hex digest (``"md5"`` or ``"sha256"``) of a file, read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def verify_md5(path: Path, expected: str) -> None:
-    """Raise :class:`ChecksumError` naming the file, the expected and the actual MD5 if they differ."""
-    actual = md5sum(path)
+def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex MD5 digest of a file, read in chunks."""
+    return file_digest(path, "md5", chunk_size)
+
+
+def verify_checksum(path: Path, expected: str, algorithm: str = "md5",
+                    remedy: str = "delete it and download it again") -> None:
+    """Raise :class:`ChecksumError` naming the file, the expected and the actual digest if they differ."""
+    actual = file_digest(path, algorithm)
     if actual != expected:
         raise ChecksumError(
-            f"checksum mismatch for {path}: expected MD5 {expected}, got {actual}. The file is corrupted "
-            f"or is not the published one; delete it and download it again."
+            f"checksum mismatch for {path}: expected {algorithm.upper()} {expected}, got {actual} "
+            f"({os.path.getsize(path):,} bytes). The file is truncated, corrupted or not the expected one; "
+            f"{remedy}."
         )
+
+
+def verify_md5(path: Path, expected: str) -> None:
+    """Raise :class:`ChecksumError` naming the file, the expected and the actual MD5 if they differ."""
+    verify_checksum(path, expected, "md5")
 
 
 def download_url(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
@@ -207,7 +220,10 @@ def ensure_files(
             f"(The data directory is chosen by the data_dir argument / --data-dir, else the environment "
             f"variable {ENV_VAR}, else {default_data_dir()}.){tried}" + (f"\n{hint}" if hint else "")
         )
+    remedy = "delete it and download it again" if (urls or archive) else hint.rstrip(".") or "replace it"
     for f, p in zip(files, paths, strict=True):
         if f.md5 is not None:
-            verify_md5(p, f.md5)
+            verify_checksum(p, f.md5, "md5", remedy)
+        elif f.sha256 is not None:
+            verify_checksum(p, f.sha256, "sha256", remedy)
     return paths

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from neuroplastic.errors import DataFileError
+
 # IDX type code -> numpy dtype (big-endian where it matters)
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -26,17 +28,17 @@ _IDX_DTYPES = {
 def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode the bytes of an (uncompressed) IDX file into a numpy array of its stored shape."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{source} is not an IDX file (bad magic number)")
+        raise DataFileError(f"{source} is not an IDX file (bad magic number)")
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_DTYPES:
-        raise ValueError(f"{source}: unknown IDX type code 0x{type_code:02x}")
+        raise DataFileError(f"{source}: unknown IDX type code 0x{type_code:02x}")
     header = 4 + 4 * ndim
     shape = tuple(int(s) for s in np.frombuffer(raw[4:header], dtype=">u4"))
     dtype = _IDX_DTYPES[type_code]
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{source}: IDX header says shape {shape} ({expected} bytes of data), "
-                         f"file has {len(raw) - header}")
+        raise DataFileError(f"{source}: IDX header says shape {shape} ({expected} bytes of data), "
+                            f"file has {len(raw) - header}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 

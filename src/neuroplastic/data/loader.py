@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from neuroplastic.data.augment import PADDING_MODES, cutout, horizontal_flip, normalize, random_crop
+from neuroplastic.errors import BadInput
 
 
 class TensorLoader:
@@ -33,7 +34,8 @@ class TensorLoader:
     seed
         Seed of the loader's own generator.
     mean, std
-        Per-channel normalisation applied to every batch (``None``: no normalisation).
+        Per-channel normalisation applied to every batch (``None``: no normalisation); one value each
+        applies to every channel (or feature: the moons vectors).
     crop_padding
         Random crop after padding by this many pixels on each side (0: off).
     padding_mode
@@ -44,6 +46,11 @@ class TensorLoader:
         Side of the square zeroed per image after normalisation (0: off).
     drop_last
         Leave out the last, smaller batch of an epoch.
+    rank, world_size
+        Data-parallel training (DDP): every process draws the same epoch plan and takes its own share of
+        each batch (examples ``rank, rank + world_size, ...`` of it), so ``batch_size`` stays the batch of
+        one optimizer step over all processes and the batches are those of a single-process run. A last
+        batch smaller than ``world_size`` is left out (a process would get no example).
 
     Order of the operations on a batch: crop, flip (in pixel space, so zero padding is black), then
     normalisation, then Cutout (whose zeros are the mean colour, as Cutout after ``Normalize`` gives).
@@ -63,27 +70,36 @@ class TensorLoader:
         hflip: bool = False,
         cutout: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(x) != len(y):
-            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+            raise BadInput(f"x and y must have the same length, got {len(x)} and {len(y)}")
         if x.device != y.device:
-            raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+            raise BadInput(f"x and y must be on the same device, got {x.device} and {y.device}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise BadInput(f"batch_size must be a positive int, got {batch_size!r}")
         if drop_last and batch_size > len(x):
-            raise ValueError(f"drop_last=True with batch_size={batch_size} > {len(x)} examples: no batch")
+            raise BadInput(f"drop_last=True with batch_size={batch_size} > {len(x)} examples: no batch")
         if crop_padding < 0 or cutout < 0:
-            raise ValueError(f"crop_padding and cutout must be >= 0, got {crop_padding} and {cutout}")
+            raise BadInput(f"crop_padding and cutout must be >= 0, got {crop_padding} and {cutout}")
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+            raise BadInput(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         spatial = crop_padding > 0 or hflip or cutout > 0
         if spatial and x.dim() != 4:
-            raise ValueError(f"crop, flip and cutout need NCHW images, got x of shape {tuple(x.shape)}")
+            raise BadInput(f"crop, flip and cutout need NCHW images, got x of shape {tuple(x.shape)}")
         if padding_mode == "reflect" and crop_padding >= min(x.shape[-2:]):
-            raise ValueError(f"reflect padding {crop_padding} must be smaller than the image side, "
-                             f"image is {tuple(x.shape[-2:])}")
+            raise BadInput(f"reflect padding {crop_padding} must be smaller than the image side, "
+                           f"image is {tuple(x.shape[-2:])}")
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
+            raise BadInput("give both mean and std, or neither")
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise BadInput(f"world_size must be an int >= 1, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise BadInput(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+        if batch_size < world_size:
+            raise BadInput(f"batch_size ({batch_size}) must be >= world_size ({world_size}): every process "
+                           "takes a share of each batch")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -93,14 +109,15 @@ class TensorLoader:
         self.hflip = hflip
         self.cutout = cutout
         self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
         self.mean = self.std = None
         if mean is not None:
             channels = x.shape[1] if x.dim() > 1 else 1
-            if len(mean) != channels or len(std) != channels:
-                raise ValueError(f"mean and std need one value per channel ({channels}), "
-                                 f"got {len(mean)} and {len(std)}")
+            if len(mean) not in (1, channels) or len(std) not in (1, channels):
+                raise BadInput(f"mean and std need one value per channel ({channels}) or one for all, "
+                               f"got {len(mean)} and {len(std)}")
             if any(s <= 0 for s in std):
-                raise ValueError(f"std values must be > 0, got {tuple(std)}")
+                raise BadInput(f"std values must be > 0, got {tuple(std)}")
             self.mean = torch.tensor(mean, dtype=x.dtype, device=x.device)
             self.std = torch.tensor(std, dtype=x.dtype, device=x.device)
         self.generator = torch.Generator().manual_seed(seed)
@@ -112,7 +129,8 @@ class TensorLoader:
     def __len__(self) -> int:
         """Batches per epoch."""
         n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(n, self.batch_size)
+        return full + int(rest > 0 and not self.drop_last and rest >= self.world_size)
 
     @property
     def dataset_size(self) -> int:
@@ -136,7 +154,10 @@ class TensorLoader:
         return {k: v.to(self.x.device) for k, v in plan.items()}
 
     def _batch(self, plan: dict[str, torch.Tensor], b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        start = b * self.batch_size
+        stop = min(start + self.batch_size, len(self.x))
+        part = (slice(start, stop) if self.world_size == 1
+                else torch.arange(start + self.rank, stop, self.world_size, device=self.x.device))
         idx = plan["order"][part]
         x, y = self.x[idx], self.y[idx]
         if self.crop_padding > 0:

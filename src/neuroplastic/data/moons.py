@@ -12,12 +12,13 @@ same distribution (the expansion decisions of NPN use it).
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from neuroplastic.errors import BadInput, DataFileError
 
 ARCS = {0: ((-0.5, 0.25), (0.5 * math.pi, 2.0 * math.pi)), 1: ((0.5, -0.25), (-0.5 * math.pi, math.pi))}
 
@@ -46,9 +47,9 @@ class MoonsSplits:
 def make_moons_2d(n: int, noise: float = 0.1, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` plane points (half per class, alternating labels) and their labels."""
     if n <= 0 or n % 2:
-        raise ValueError(f"n must be a positive even number, got {n}")
+        raise BadInput(f"n must be a positive even number, got {n}")
     if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise BadInput(f"noise must be >= 0, got {noise}")
     rng = rng or np.random.default_rng(0)
     y = np.tile([0, 1], n // 2)
     points = np.empty((n, 2))
@@ -63,7 +64,7 @@ def make_moons_2d(n: int, noise: float = 0.1, rng: np.random.Generator | None = 
 def random_basis(dim: int, rng: np.random.Generator) -> np.ndarray:
     """A random 2 x ``dim`` matrix with orthonormal rows."""
     if dim < 2:
-        raise ValueError(f"dim must be >= 2, got {dim}")
+        raise BadInput(f"dim must be >= 2, got {dim}")
     q, _ = np.linalg.qr(rng.normal(size=(dim, 2)))
     return q.T
 
@@ -78,19 +79,34 @@ def moons_splits(
     return _splits(parts, basis)
 
 
-def load_vat_moons(path: str | Path, n_val: int = 100, seed: int = 0) -> MoonsSplits:
+def load_vat_moons(path: str | Path, n_val: int = 100, seed: int = 0, verify: bool = True) -> MoonsSplits:
     """Read VAT's ``syndata_1.pkl`` (the paper's exact data): points ``[:500]`` train, ``[500:]`` test.
 
     ``n_val`` training points (chosen with ``seed``) are held out for validation, so that the test half
     is never used for decisions; ``n_val=0`` keeps the paper's 500 training points and no validation.
+    With ``verify`` the file must have the SHA-256 of VAT's file (:data:`VAT_SHA256`); either way it is
+    read with an unpickler that builds numpy arrays and plain containers only, and a truncated, corrupt or
+    differently shaped file raises :class:`~neuroplastic.errors.DataFileError` naming the file.
     """
+    from neuroplastic.data.download import verify_checksum
+    from neuroplastic.data.safe_pickle import load_data_pickle
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"moons file not found: {path} (VAT's dataset/syndata_1.pkl)")
-    with path.open("rb") as f:
-        data = pickle.load(f, encoding="bytes")  # noqa: S301 - a trusted, checksummed data file
-    (_, (x, y)), basis = data[0], np.asarray(data[1])
-    x, y = np.asarray(x), np.asarray(y).astype(np.int64)
+    if verify:
+        verify_checksum(path, VAT_SHA256, "sha256", remedy=_VAT_REMEDY)
+    data = load_data_pickle(path, "VAT's moons file", remedy=_VAT_REMEDY)
+    try:
+        (_, (x, y)), basis = data[0], np.asarray(data[1], dtype=np.float64)
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y).astype(np.int64)
+        ok = x.ndim == 2 and x.shape[0] == 1000 and y.shape == (1000,) and basis.shape == (2, x.shape[1])
+    except (TypeError, ValueError, IndexError, KeyError) as err:
+        raise DataFileError(f"{path} does not hold VAT's moons data ([(X16, y16), (X, y)], basis): {err}; "
+                            f"{_VAT_REMEDY}") from err
+    if not ok:
+        raise DataFileError(f"{path} does not hold VAT's moons data: expected X of 1000 x D points, 1000 labels "
+                            f"and a 2 x D basis, got {x.shape}, {y.shape} and {basis.shape}; {_VAT_REMEDY}")
     points = x @ basis.T @ np.linalg.inv(basis @ basis.T)
     order = np.random.default_rng(seed).permutation(500)
     val_idx, train_idx = order[:n_val], order[n_val:]
@@ -108,6 +124,10 @@ def _splits(parts: list[tuple[np.ndarray, np.ndarray]], basis: np.ndarray) -> Mo
 
 MOONS_DATASETS = ("moons", "moons-vat")
 VAT_FILE = "moons-vat/syndata_1.pkl"
+#: SHA-256 of VAT's ``dataset/syndata_1.pkl`` (2,438,118 bytes), the file the NPN paper trained on
+VAT_SHA256 = "9a745e762fde13b5ac24a6b884dc06fba6708f6f1849a14c576b4f79b9e34f64"
+_VAT_REMEDY = ("put a good copy of VAT's dataset/syndata_1.pkl there (the project's shared data/moons-vat/"
+               "syndata_1.pkl), or use the generated data set 'moons'")
 
 
 def load_moons_dataset(name: str, data_dir: str | Path | None, val_size: int | float, seed: int, device):
@@ -122,13 +142,13 @@ def load_moons_dataset(name: str, data_dir: str | Path | None, val_size: int | f
     from neuroplastic.data.download import resolve_data_dir
 
     if name not in MOONS_DATASETS:
-        raise ValueError(f"moons data set must be one of {MOONS_DATASETS}, got {name!r}")
+        raise BadInput(f"moons data set must be one of {MOONS_DATASETS}, got {name!r}")
     n_val = round(val_size * 500) if isinstance(val_size, float) else int(val_size)
     if not 0 <= n_val < 500:
-        raise ValueError(f"val_size for {name} must give between 0 and 499 points, got {val_size}")
+        raise BadInput(f"val_size for {name} must give between 0 and 499 points, got {val_size}")
     if name == "moons":
         if n_val % 2:
-            raise ValueError(f"val_size for the generated moons must be even (half per class), got {n_val}")
+            raise BadInput(f"val_size for the generated moons must be even (half per class), got {n_val}")
         s = moons_splits(seed=seed, n_val=n_val or 2)  # 2 points drawn and dropped when no validation
     else:
         path = resolve_data_dir(data_dir) / VAT_FILE

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from neuroplastic.errors import BadInput
+
 K_FROZEN = 5000.0
 
 
@@ -20,12 +22,12 @@ class StageSchedule:
 
     def __init__(self, k: float, stages: tuple[int, int] | list[int] | None, k_frozen: float = K_FROZEN) -> None:
         if not k > 0:
-            raise ValueError(f"k must be > 0, got {k}")
+            raise BadInput(f"k must be > 0, got {k}")
         if not k_frozen > 0:
-            raise ValueError(f"k_frozen must be > 0, got {k_frozen}")
+            raise BadInput(f"k_frozen must be > 0, got {k_frozen}")
         if stages is not None:
             if len(stages) != 2 or not 0 <= stages[0] <= stages[1]:
-                raise ValueError(
+                raise BadInput(
                     f"stages must be (plastic_start, harden_start) epochs with 0 <= start <= end, got {stages}"
                 )
             stages = (int(stages[0]), int(stages[1]))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuroplastic.errors import BadInput
 from neuroplastic.metrics import WEIGHTED
 
 
@@ -112,6 +113,11 @@ class MaskEngine:
         if not selected:
             raise ValueError("no layer left to mask after include/exclude/exclude_first/exclude_classifier")
         self.layers: dict[str, nn.Module] = dict(selected)
+        if optimizer is not None:
+            held = {id(q) for group in optimizer.param_groups for q in group["params"]}
+            if not any(id(m.weight) in held for m in self.layers.values()):
+                raise BadInput(f"optimizer holds none of the weights of the masked layers {list(self.layers)}: "
+                               "build it from this model's parameters (e.g. model.parameters())")
         self.masks: dict[str, torch.Tensor] = {
             n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.layers.items()
         }

@@ -217,6 +217,9 @@ class NPN(UnitGateMethod):
         two passes would compute the same loss (for a deterministic forward; with dropout the skipped
         difference has conditional mean 0), so the estimate is exactly 0.
         """
+        if not callable(closure):
+            raise TypeError(f"backward takes a closure that returns the loss, e.g. lambda: criterion(model(x), y); "
+                            f"got a {type(closure).__name__}")
         if self.schedule.frozen(self.epoch):
             with self._phase("open"):
                 loss = closure()
@@ -266,6 +269,8 @@ class NPN(UnitGateMethod):
             return bool(torch.stack([(z1 != z2).any() for z1, z2 in differ]).any())
 
     def _check_loss(self, loss: torch.Tensor) -> None:
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"closure must return the loss as a tensor, got {type(loss).__name__}")
         if (self.sampling == "sample" or self.anti_fraction < 1) and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.model.modules()
         ):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from neuroplastic.errors import BadInput
 from neuroplastic.models.registry import register_model
 
 
@@ -19,7 +20,7 @@ class MLP(nn.Module):
         super().__init__()
         widths = [in_features, *hidden, num_classes]
         if any(int(w) < 1 for w in widths):
-            raise ValueError(f"all MLP widths must be >= 1, got {widths}")
+            raise BadInput(f"all MLP widths must be >= 1, got {widths}")
         self.flatten = nn.Flatten()
         for i in range(len(widths) - 1):
             self.add_module(f"fc{i + 1}", nn.Linear(int(widths[i]), int(widths[i + 1])))
@@ -61,10 +62,10 @@ class LeNet5Caffe(nn.Module):
         super().__init__()
         for name, value in (("conv1", conv1), ("conv2", conv2), ("fc1", fc1), ("num_classes", num_classes)):
             if value < 1:
-                raise ValueError(f"{name} width must be >= 1, got {value}")
+                raise BadInput(f"{name} width must be >= 1, got {value}")
         side = ((input_size - 4) // 2 - 4) // 2  # two valid 5x5 convs, each followed by a 2x2 pool
         if side < 1:
-            raise ValueError(f"input_size={input_size} is too small for LeNet5-Caffe (needs >= 16)")
+            raise BadInput(f"input_size={input_size} is too small for LeNet5-Caffe (needs >= 16)")
         self.conv1 = nn.Conv2d(in_channels, conv1, 5)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)

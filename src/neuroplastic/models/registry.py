@@ -8,9 +8,12 @@ that structure tools can pair each Conv with the BatchNorm that follows it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
+from neuroplastic.argcheck import check_arguments, unknown_keywords
+from neuroplastic.errors import BadInput, BadType
 from neuroplastic.imports import import_object
 
 ModelFactory = Callable[..., nn.Module]
@@ -39,8 +42,18 @@ def load_factory(spec: str) -> ModelFactory:
     """The callable named by ``"package.module:function"`` (a user's own model factory)."""
     obj = import_object(spec, f"user model {spec!r}")
     if not callable(obj):
-        raise TypeError(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
+        raise BadType(f"user model {spec!r} is not callable (it is a {type(obj).__name__})")
     return obj
+
+
+def check_model_kwargs(name: str, factory: ModelFactory, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`~neuroplastic.errors.BadType` for a keyword the factory does not take, or a value that
+    does not fit its annotation (``model.kwargs.conv1=wide``), naming the key, the value and what is allowed."""
+    names = unknown_keywords(factory, kwargs)
+    if names is not None and names[0]:
+        raise BadType(f"model.kwargs: model {name!r} takes no {', '.join(names[0])}; "
+                      f"its options: {', '.join(names[1])}")
+    check_arguments(factory, kwargs, "model.kwargs")
 
 
 def get_model(
@@ -49,19 +62,20 @@ def get_model(
     """Build a model by registered name, or by ``"module:function"`` for a user's own factory.
 
     ``num_classes`` and ``in_channels`` are passed on only when given, so a user factory that takes
-    neither still works; ``kwargs`` go to the factory as they are.
+    neither still works; ``kwargs`` go to the factory as they are, after :func:`check_model_kwargs`.
     """
     if ":" in name:
         factory = load_factory(name)
     elif name in _REGISTRY:
         factory = _REGISTRY[name]
     else:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())} "
-                         f"(or give your own as 'module:function')")
+        raise BadInput(f"unknown model {name!r}; registered models: {', '.join(list_models())} "
+                       f"(or give your own as 'module:function')")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
+    check_model_kwargs(name, factory, kwargs)
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {name!r} returned a {type(model).__name__}, not an nn.Module")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import nn
 
+from neuroplastic.errors import BadInput
 from neuroplastic.models.registry import register_model
 
 SHORTCUTS = ("projection", "A")
@@ -107,7 +108,7 @@ BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "
 def make_shortcut(in_channels: int, out_channels: int, stride: int, kind: str) -> nn.Module:
     """Identity if the shape is kept, else a projection (1x1 conv + BN) or an option-A shortcut."""
     if kind not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {kind!r}")
+        raise BadInput(f"shortcut must be one of {SHORTCUTS}, got {kind!r}")
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
     if kind == "A":
@@ -136,12 +137,12 @@ class CifarResNet(nn.Module):
                  in_channels: int = 3, shortcut: str = "projection", block: str = "basic") -> None:
         super().__init__()
         if len(blocks) != len(widths) or not blocks or min(blocks) < 1 or min(widths) < 1:
-            raise ValueError(f"blocks and widths must be non-empty, of equal length and >= 1, "
-                             f"got blocks={tuple(blocks)}, widths={tuple(widths)}")
+            raise BadInput(f"blocks and widths must be non-empty, of equal length and >= 1, "
+                           f"got blocks={tuple(blocks)}, widths={tuple(widths)}")
         if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+            raise BadInput(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
         if block not in BLOCKS:
-            raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {block!r}")
+            raise BadInput(f"block must be one of {tuple(BLOCKS)}, got {block!r}")
         block_class = BLOCKS[block]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

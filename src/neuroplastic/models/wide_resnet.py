@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from neuroplastic.errors import BadInput
 from neuroplastic.models.registry import register_model
 from neuroplastic.models.resnet_cifar import kaiming_init
 
@@ -52,11 +53,11 @@ class WideResNet(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         if len(blocks) != 3 or min(blocks) < 1:
-            raise ValueError(f"blocks must be three positive counts (one per stage), got {tuple(blocks)}")
+            raise BadInput(f"blocks must be three positive counts (one per stage), got {tuple(blocks)}")
         if widen_factor < 1:
-            raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
+            raise BadInput(f"widen_factor must be >= 1, got {widen_factor}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise BadInput(f"dropout must be in [0, 1), got {dropout}")
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         channels = 16
         for i, (n, base) in enumerate(zip(blocks, (16, 32, 64), strict=True)):
@@ -85,11 +86,11 @@ def wrn(num_classes: int = 10, in_channels: int = 3, depth: int | None = None, w
     ``depth`` for uneven stages. ``depth`` must be 6n + 4 (e.g. 16, 22, 28, 40)."""
     if blocks is not None:
         if depth is not None:
-            raise ValueError(f"give depth or blocks, not both (got depth={depth}, blocks={tuple(blocks)})")
+            raise BadInput(f"give depth or blocks, not both (got depth={depth}, blocks={tuple(blocks)})")
     else:
         depth = 28 if depth is None else depth
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"depth must be 6n + 4 with n >= 1 (e.g. 16, 22, 28), got {depth}")
+            raise BadInput(f"depth must be 6n + 4 with n >= 1 (e.g. 16, 22, 28), got {depth}")
         n = (depth - 4) // 6
         blocks = (n, n, n)
     return WideResNet(blocks, widen_factor, num_classes, in_channels, dropout)

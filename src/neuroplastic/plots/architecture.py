@@ -11,7 +11,16 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from neuroplastic.plots.rundata import PlotDataError, RunData
-from neuroplastic.plots.style import WIDTH_PX, draw_layer_lines, draw_stages, new_figure, save_png, stage_spans
+from neuroplastic.plots.style import (
+    WIDTH_PX,
+    draw_layer_lines,
+    draw_stages,
+    epoch_axis,
+    new_figure,
+    save_png,
+    stage_label,
+    stage_spans,
+)
 
 __all__ = ["plot_architecture"]
 
@@ -50,11 +59,20 @@ def plot_architecture(run: RunData, out_path: str | Path, *, width_px: int = WID
     for i, ax in enumerate(axes):
         draw_stages(ax, spans, label=i == 0)
         ax.grid(True, which="major", alpha=0.3)
-    axes[-1].set_xlabel("epoch")
-    method = run.method_name
-    fig.suptitle(f"{run.name}: architecture over training" + (f" ({method})" if method else ""), fontsize=12)
+    epoch_axis(axes[-1])
+    fig.suptitle(architecture_title(run, spans), fontsize=12)
     fig.tight_layout()
     return save_png(fig, Path(out_path))
+
+
+def architecture_title(run: RunData, spans: list[tuple[float, float, str]]) -> str:
+    """The picture's title; it says so when an NPN run had no plastic stage (too few epochs for one)."""
+    method = run.method_name
+    title = f"{run.name}: architecture over training" + (f" ({method})" if method else "")
+    names = [name for _, _, name in spans]
+    if stage_label(3, True) in names and stage_label(2, True) not in names:
+        title += ": no plastic epoch, so the gates could not change"
+    return title
 
 
 class _PlainLogFormatter(LogFormatter):

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from neuroplastic.plots.rundata import PlotDataError, RunData
-from neuroplastic.plots.style import WIDTH_PX, new_figure, save_png
+from neuroplastic.plots.style import WIDTH_PX, epoch_axis, new_figure, save_png
 
 __all__ = ["plot_compare"]
 
@@ -73,8 +73,10 @@ def plot_compare(
             if run.has_field("train_loss"):
                 epochs, values = run.series("train_loss")
                 loss_ax.plot(epochs, np.asarray(values, dtype=float), color=colour, marker="o", ms=3)
-    acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    acc_ax.set(ylabel="validation accuracy (%)", title="validation accuracy")
+    loss_ax.set(ylabel="training loss", title="training loss")
+    epoch_axis(acc_ax)
+    epoch_axis(loss_ax)
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
     fig.legend(loc="lower center", ncol=1, fontsize=8, frameon=False)

@@ -13,6 +13,7 @@ from neuroplastic.plots.style import (
     WIDTH_PX,
     draw_layer_lines,
     draw_stages,
+    epoch_axis,
     new_figure,
     pick_frames,
     save_png,
@@ -143,7 +144,7 @@ def plot_lp_hoyer(run: RunData, out_path: str | Path, *, width_px: int = WIDTH_P
     for i, ax in enumerate(axes):
         draw_stages(ax, spans, label=i == 0)
         ax.grid(True, alpha=0.3)
-    axes[-1].set_xlabel("epoch")
+    epoch_axis(axes[-1])
     fig.suptitle(f"{run.name}: Hoyer sparsity over training", fontsize=12)
     fig.tight_layout()
     return save_png(fig, Path(out_path))

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from neuroplastic.plots.rundata import RunData
-from neuroplastic.plots.style import WIDTH_PX, draw_layer_lines, draw_stages, new_figure, save_png, stage_spans
+from neuroplastic.plots.style import (
+    WIDTH_PX,
+    draw_layer_lines,
+    draw_stages,
+    epoch_axis,
+    new_figure,
+    save_png,
+    stage_spans,
+)
 
 __all__ = ["plot_mask_density"]
 
@@ -47,7 +55,7 @@ def plot_mask_density(run: RunData, out_path: str | Path, *, width_px: int = WID
         bottom.text(0.5, 0.5, "exploration_rate not recorded by this run", transform=bottom.transAxes,
                     ha="center", va="center", color="0.4")
     bottom.set_ylabel("exploration rate")
-    bottom.set_xlabel("epoch")
+    epoch_axis(bottom)
     spans = stage_spans(run)
     for i, ax in enumerate((top, bottom)):
         draw_stages(ax, spans, label=i == 0)

@@ -13,12 +13,13 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from neuroplastic.plots.rundata import RunData
 
 __all__ = [
-    "DPI", "WIDTH_PX", "draw_layer_lines", "draw_stages", "new_figure", "pick_frames", "save_png", "stage_label",
-    "stage_spans",
+    "DPI", "WIDTH_PX", "draw_layer_lines", "draw_stages", "epoch_axis", "new_figure", "pick_frames", "save_png",
+    "stage_label", "stage_spans",
 ]
 
 #: with more layers than this, lines are coloured by depth and named by a note instead of a legend
@@ -108,6 +109,13 @@ def _recipe_stage_epochs(recipe: dict[str, Any]) -> list[float]:
         if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
             return sorted(float(v) for v in value)
     return []
+
+
+def epoch_axis(ax: Axes) -> None:
+    """Label ``ax``'s x axis as epochs (numbered from 0, as in history.jsonl), with whole-epoch ticks only:
+    a run of a few epochs shows 0, 1, 2, not 0.25 steps."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def draw_stages(ax: Axes, spans: list[tuple[float, float, str]], *, label: bool = True) -> None:

@@ -12,6 +12,7 @@ Epoch-valued fields are recognised in ONE place, :func:`is_epoch_key`: ``epochs`
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,8 +21,12 @@ from typing import Any
 
 import yaml
 
+from neuroplastic.errors import BadInput
 
-class RecipeError(ValueError):
+log = logging.getLogger(__name__)
+
+
+class RecipeError(BadInput):
     """A recipe, an override or a value in it is wrong; the message says which and what is allowed."""
 
 
@@ -227,7 +232,40 @@ def scale_epochs(recipe: dict[str, Any], scale: float) -> dict[str, Any]:
         out["epochs"] = bounds[1]
     if "epochs_scale" in out:
         out["epochs_scale"] = 1.0
+    for message in vanished_spans(recipe, out):
+        log.warning("warning: epochs_scale=%g: %s; use a larger epochs_scale", scale, message)
     return out
+
+
+def vanished_spans(original: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
+    """What scaling emptied: epoch spans between integer boundaries (``method.stages`` ...) that held
+    epochs in ``original`` and hold none in ``scaled`` (e.g. NPN's plastic stage of a very short run)."""
+    found = []
+    for path, value, new in _epoch_lists(original, scaled, ""):
+        bounds = [(0, 0), *zip(value, new, strict=True)]  # the span before the first boundary counts too
+        for i in range(1, len(bounds)):
+            (a, new_a), (b, new_b) = bounds[i - 1], bounds[i]
+            if b > a and new_b <= new_a:
+                span = f"before {path}[0]" if i == 1 else f"from {path}[{i - 2}] to {path}[{i - 1}]"
+                name = _SPAN_NAMES.get(path.rsplit(".", 1)[-1], {}).get(i - 1) if len(value) == 2 else None
+                found.append(f"{path} {value} became {new} in a run of {scaled.get('epochs')} epochs, so the "
+                             f"epochs {span}{f' ({name})' if name else ''} are gone")
+    return found
+
+
+def _epoch_lists(original: Any, scaled: Any, where: str):
+    """``(dotted key, original list, scaled list)`` of every integer list of an epoch key."""
+    for key, value in original.items():
+        new = scaled.get(key) if isinstance(scaled, dict) else None
+        if isinstance(value, dict):
+            yield from _epoch_lists(value, new, f"{where}{key}.")
+        elif (is_epoch_key(key) and isinstance(value, list) and isinstance(new, list) and len(new) == len(value)
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in [*value, *new])):
+            yield f"{where}{key}", value, new
+
+
+# names of the spans of two-boundary schedules, for the warning of :func:`vanished_spans`
+_SPAN_NAMES = {"stages": {0: "NPN's pre-training stage", 1: "NPN's plastic stage"}}
 
 
 def _scale(node: Any, scale: float, key: str | None, bounds: tuple[int, int] | None) -> Any:

@@ -76,9 +76,18 @@ def build_method(
     example_input: torch.Tensor | None = None,
 ) -> CapacityMethod:
     """Construct the method of a recipe (``optimizer``: the weights optimizer, for ``takes_optimizer`` methods)."""
-    from neuroplastic.recipes.option_types import check_method_options
+    from neuroplastic.recipes.option_types import check_method_optimizer, check_method_options
 
     cls = method_class(name)
     check_method_options(cls, options)
-    return cls.from_recipe(model, optimizer if cls.takes_optimizer else None, epochs=epochs,
-                           steps_per_epoch=steps_per_epoch, example_input=example_input, **options)
+    if cls.takes_optimizer:
+        check_method_optimizer(cls, optimizer)
+    try:
+        return cls.from_recipe(model, optimizer if cls.takes_optimizer else None, epochs=epochs,
+                               steps_per_epoch=steps_per_epoch, example_input=example_input, **options)
+    except ValueError as err:
+        if isinstance(err, RecipeError):
+            raise
+        # the methods' own argument checks raise ValueError (BadInput ones included): bad recipe values.
+        # Any other exception (TypeError, IndexError, ...) from a builder is a bug and keeps its traceback.
+        raise RecipeError(f"method {name!r}: {err}") from err

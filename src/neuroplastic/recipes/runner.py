@@ -2,8 +2,8 @@
 
 :func:`prepare` does everything that can fail on bad input (recipe checks, data loading, model and method
 construction, the run-folder checks) without writing anything; :func:`execute` then writes the run folder
-and trains. The CLI turns a :class:`RecipeError` (and the ``ValueError``/``TypeError``/missing-file errors
-of the builders) raised by :func:`prepare` into one line on stderr and exit code 2.
+and trains. The CLI turns the bad-input errors raised by :func:`prepare` (``neuroplastic.errors.USER_ERRORS``:
+:class:`RecipeError`, the data layer's errors) into one line on stderr and exit code 2; anything else is a bug.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from neuroplastic.metrics import count_flops, count_weights
 from neuroplastic.recipes import registry
 from neuroplastic.recipes.config import RecipeError, apply_overrides, load_recipe_file, scale_epochs, validate
 from neuroplastic.train.checkpoint import seed_everything
+from neuroplastic.train.distributed import barrier, ddp_wrap, world
 from neuroplastic.train.loop import CHECKPOINT, fit
 from neuroplastic.train.optim import build_optimizer, build_schedule
 from neuroplastic.train.records import to_jsonable
@@ -113,9 +114,10 @@ def load_data(recipe: dict[str, Any], data_dir: str | Path | None, device: str) 
     splits = load_dataset(data["name"], data_dir=data_dir, val_size=data["val_size"], seed=recipe["seed"],
                           device=device)
     aug = data["augment"]
+    rank, world_size = world()  # under torchrun every process trains its share of each batch
     train = splits.train_loader(data["batch_size"], seed=recipe["seed"], normalize=data["normalize"],
                                 augment=False, crop_padding=aug["crop_padding"], padding_mode=aug["padding_mode"],
-                                hflip=aug["flip"], cutout=aug["cutout"])
+                                hflip=aug["flip"], cutout=aug["cutout"], rank=rank, world_size=world_size)
     loaders = {split: splits.eval_loader(split, data["eval_batch_size"], normalize=data["normalize"])
                for split in ("val", "test")}
     return splits, {"train": train, **loaders}
@@ -225,10 +227,15 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = (), che
 
     ``checkpoint_every`` goes to :func:`~neuroplastic.train.fit`; ``plots=False`` skips the
     capacity-over-time pictures in ``RUN_DIR/plots`` (``neuroplastic plot RUN_DIR`` draws them later).
+    Under ``torchrun`` every process trains (DistributedDataParallel) and only rank 0 writes.
     """
     recipe = prep.recipe
-    prep.run_dir.mkdir(parents=True, exist_ok=True)
-    if not (prep.run_dir / RECIPE_FILE).exists():
+    rank, world_size = world()
+    main = rank == 0
+    barrier()  # every process has checked the run folder before the main one writes into it
+    if main:
+        prep.run_dir.mkdir(parents=True, exist_ok=True)
+    if main and not (prep.run_dir / RECIPE_FILE).exists():
         header = (f"# resolved from: {prep.source}\n# (overrides and epochs_scale already applied; "
                   f"epochs_scale is therefore 1.0 here)\n")
         write_text_atomic(prep.run_dir / RECIPE_FILE, header + yaml.safe_dump(recipe, sort_keys=False))
@@ -236,7 +243,7 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = (), che
     res = fit(prep.model, prep.method, prep.optimizers, prep.schedules, prep.loaders, epochs=recipe["epochs"],
               run_dir=prep.run_dir, selection=recipe["selection"], select_from_epoch=recipe["select_from_epoch"],
               snapshot_every=recipe["snapshot_every"], checkpoint_every=checkpoint_every, resume=prep.resume,
-              progress=progress, callbacks=callbacks)
+              progress=progress, callbacks=callbacks, wrap=ddp_wrap if world_size > 1 else None, main_process=main)
     arch = prep.method.architecture()
     flops = prep.method.live_flops(prep.input_shape)
     result = {
@@ -260,12 +267,15 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = (), che
         "wall_seconds": res.wall_seconds,
         "session_seconds": time.perf_counter() - t0,
         "device": str(next(prep.model.parameters()).device),
+        "processes": world_size,
     }
     result["final_metrics"] = to_jsonable(prep.method.metrics())  # per-layer density, exploration rate, ...
-    result.update(_save_compact(prep))
-    write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
-    if plots:
-        _plot_over_time(prep.run_dir)
+    if main:
+        result.update(_save_compact(prep))
+        write_text_atomic(prep.run_dir / RESULTS, json.dumps([result], indent=2) + "\n")
+        if plots:
+            _plot_over_time(prep.run_dir)
+    barrier()
     return result
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from neuroplastic.errors import BadInput
 from neuroplastic.structure.groups import UnitGroup, UnitRef, group_of, groups_of
 
 __all__ = ["trace_unit_groups", "UnitRef", "UnitGroup", "group_of", "groups_of"]
@@ -163,13 +164,23 @@ def trace_unit_groups(
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         raise TypeError("example_input must be a tensor or a tuple of tensors")
     leaves = PASSTHROUGH_MODULES + tuple(passthrough)
-    graph = _Tracer(leaves).trace(model)
+    try:
+        graph = _Tracer(leaves).trace(model)
+    except fx.proxy.TraceError as err:
+        raise BadInput(f"{type(model).__name__} cannot be traced into unit groups (torch.fx): {err}; its forward "
+                       "must not branch on tensor values (compaction, gates='groups' and PhysicalNPN need the "
+                       "trace)") from err
     gm = fx.GraphModule(model, graph)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(*inputs)
+    except RuntimeError as err:  # ShapeProp wraps the failing layer's error (e.g. a shape mismatch)
+        reason = str(err.__cause__ or err).splitlines()[0]
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise BadInput(f"example_input of shape {shapes} does not run through {type(model).__name__}: "
+                       f"{reason}") from err
     finally:
         model.train(was_training)
     return _build_groups(gm, leaves)

@@ -44,11 +44,13 @@ def train_epoch(
     step: int = 0,
     bar: EpochBar | None = None,
     check: Callable[[int], list[dict[str, Any]]] | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> EpochResult:
     """One pass over ``loader`` (``method.set_epoch``, then :func:`~neuroplastic.train.step.train_step`
     per batch). ``step`` is the global step before the epoch; ``check(step)`` runs after every step (see
-    :func:`expansion_check`). Raises :class:`NonFiniteLoss` naming the first step whose loss was not
-    finite, at the end of the epoch (the check stays on the device: no host synchronisation per step).
+    :func:`expansion_check`); ``forward`` computes the outputs (default ``model``; a DDP wrapper).
+    Raises :class:`NonFiniteLoss` naming the first step whose loss was not finite, at the end of the
+    epoch (the check stays on the device: no host synchronisation per step).
     """
     method.set_epoch(epoch)
     if hasattr(loader, "set_epoch"):
@@ -65,7 +67,7 @@ def train_epoch(
     batches = bar.wrap(loader) if bar is not None else loader
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, out = train_step(model, method, optimizers, schedules, x, y, criterion)
+        loss, out = train_step(model, method, optimizers, schedules, x, y, criterion, forward)
         step += 1
         if check is not None:
             events += check(step)

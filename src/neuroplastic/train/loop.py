@@ -33,11 +33,12 @@ from torch.optim import Optimizer
 from neuroplastic.checks import check_choice, check_int
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.train.checkpoint import RunState, restore_run, save_run
+from neuroplastic.train.distributed import broadcast_buffers
 from neuroplastic.train.epoch import expansion_check, train_epoch
 from neuroplastic.train.evaluate import evaluate
 from neuroplastic.train.progress import RunProgress
 from neuroplastic.train.records import RunRecords
-from neuroplastic.train.step import training_criterion
+from neuroplastic.train.step import Wrapped, training_criterion
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ def fit(
     progress: bool = True,
     tensorboard: bool = True,
     callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (),
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    main_process: bool = True,
 ) -> FitResult:
     """Train ``model`` under ``method`` for ``epochs`` epochs and test the selected model once.
 
@@ -109,6 +112,11 @@ def fit(
     callbacks
         Functions ``f(epoch, record)`` called after each epoch's history record is written (e.g. to draw
         pictures or drive a progress display); they must not change the model.
+    wrap, main_process
+        Data-parallel training (:mod:`neuroplastic.train.distributed`): ``wrap(model)`` builds the module
+        whose forward trains (``ddp_wrap``), again after the method replaced the model's parameters;
+        evaluations use the model itself with rank 0's buffers. Only the main process writes the run
+        folder; the others read a checkpoint to resume.
 
     A method with ``expand_every`` gets ``method.check_expansion(val_loss)`` every ``expand_every``
     training steps (:func:`~neuroplastic.train.epoch.expansion_check`). A loss that is not finite stops
@@ -129,8 +137,9 @@ def fit(
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        records = RunRecords(run_dir, tensorboard=tensorboard)
+        if main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        records = RunRecords(run_dir, tensorboard=tensorboard, enabled=main_process)
         if resume and ckpt_path.exists():
             state, n_history, n_events = restore_run(ckpt_path, model, method, optimizers, schedules, loaders)
             state.history, state.events = records.resume(n_history, n_events)
@@ -144,16 +153,18 @@ def fit(
         raise OSError(f"cannot write the run folder {run_dir}: {err}") from err
 
     check = expansion_check(model, method, loaders["val"], criterion)
-    display = RunProgress(epochs, state.epoch + 1, enabled=progress)
+    display = RunProgress(epochs, state.epoch + 1, enabled=progress and main_process)
+    forward = Wrapped(model, wrap) if wrap is not None else None
     saved = state.epoch  # the epoch of the last checkpoint written
     try:
         for epoch in range(state.epoch + 1, epochs):
             t0 = time.perf_counter()
             lrs = [group["lr"] for opt in optimizers for group in opt.param_groups]
-            bar = display.epoch_bar(epoch, method.architecture()) if progress else None
+            bar = display.epoch_bar(epoch, method.architecture()) if progress and main_process else None
             result = train_epoch(model, method, optimizers, schedules, loaders["train"], train_criterion,
-                                 epoch=epoch, step=state.step, bar=bar, check=check)
+                                 epoch=epoch, step=state.step, bar=bar, check=check, forward=forward)
             state.step = result.step
+            broadcast_buffers(model)
             val_loss, val_acc = evaluate(model, loaders["val"], criterion)
             new_events = result.events + (method.end_epoch(val_loss=val_loss) or [])
             seconds = time.perf_counter() - t0
@@ -175,7 +186,7 @@ def fit(
             with _writing(run_dir, epoch, state.step, saved):
                 if snapshot_every and ((epoch + 1) % snapshot_every == 0 or epoch == epochs - 1):
                     records.add_snapshot(epoch, method.snapshot())
-                if (epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1:
+                if main_process and ((epoch + 1) % checkpoint_every == 0 or epoch == epochs - 1):
                     save_run(ckpt_path, state, model, method, optimizers, schedules, loaders)
                     saved = epoch
     finally:

@@ -21,6 +21,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from neuroplastic.errors import BadInput
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "step", "cosine", "piecewise")
 
@@ -40,14 +42,14 @@ def build_optimizer(params: Iterable[Any], spec: dict[str, Any]) -> Optimizer:
     spec.pop("schedule", None)
     name = spec.pop("name", None)
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
+        raise BadInput(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
     unknown = set(spec) - _OPTIMIZER_KEYS[name]
     if unknown:
-        raise ValueError(
+        raise BadInput(
             f"unknown keys for optimizer {name!r}: {sorted(unknown)}; allowed: {sorted(_OPTIMIZER_KEYS[name])}"
         )
     if "lr" not in spec:
-        raise ValueError(f"optimizer {name!r} needs an 'lr'")
+        raise BadInput(f"optimizer {name!r} needs an 'lr'")
     if "betas" in spec:
         spec["betas"] = tuple(spec["betas"])
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
@@ -61,16 +63,16 @@ def lr_multiplier(schedule: dict[str, Any] | None, epochs: float):
     schedule = dict(schedule)
     name = schedule.pop("name", None)
     if name not in SCHEDULES:
-        raise ValueError(f"schedule name must be one of {SCHEDULES}, got {name!r}")
+        raise BadInput(f"schedule name must be one of {SCHEDULES}, got {name!r}")
 
     def take(*keys: str, defaults: dict[str, Any] | None = None) -> list[Any]:
         defaults = defaults or {}
         unknown = set(schedule) - set(keys)
         if unknown:
-            raise ValueError(f"unknown keys for schedule {name!r}: {sorted(unknown)}; allowed: {sorted(keys)}")
+            raise BadInput(f"unknown keys for schedule {name!r}: {sorted(unknown)}; allowed: {sorted(keys)}")
         missing = [k for k in keys if k not in schedule and k not in defaults]
         if missing:
-            raise ValueError(f"schedule {name!r} needs {missing}")
+            raise BadInput(f"schedule {name!r} needs {missing}")
         return [schedule.get(k, defaults.get(k)) for k in keys]
 
     if name == "constant":
@@ -84,14 +86,14 @@ def lr_multiplier(schedule: dict[str, Any] | None, epochs: float):
     if name == "step":
         step_size, gamma = take("step_size", "gamma", defaults={"gamma": 0.1})
         if step_size <= 0:
-            raise ValueError(f"schedule 'step' needs step_size > 0, got {step_size}")
+            raise BadInput(f"schedule 'step' needs step_size > 0, got {step_size}")
         return lambda e: gamma ** math.floor((e + 1e-9) / step_size)
     if name == "cosine":
         (eta_min,) = take("eta_min_factor", defaults={"eta_min_factor": 0.0})
         return lambda e: eta_min + (1 - eta_min) * 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
     knots, values = take("knots", "values")
     if len(knots) != len(values) or len(knots) < 2 or list(knots) != sorted(knots):
-        raise ValueError(f"piecewise schedule needs >= 2 increasing knots and as many values, got {knots}, {values}")
+        raise BadInput(f"piecewise schedule needs >= 2 increasing knots and as many values, got {knots}, {values}")
     return lambda e: _interp(e, [float(k) for k in knots], [float(v) for v in values])
 
 
@@ -114,6 +116,6 @@ def build_schedule(
     those multipliers at the ``knots`` (epochs), linearly interpolated in between.
     """
     if steps_per_epoch <= 0:
-        raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
+        raise BadInput(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
     f = lr_multiplier(schedule, epochs)
     return LambdaLR(optimizer, lambda step: f(step / steps_per_epoch))

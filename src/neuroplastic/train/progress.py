@@ -1,6 +1,7 @@
 """What a run shows while it trains: one bar for the whole run, one for the epoch, a line per epoch.
 
-Epochs are shown counted from 1 (``epoch 3/20``); ``history.jsonl`` keeps its 0-based ``epoch`` field.
+Epochs are counted from 0 everywhere, on screen as in ``history.jsonl``, ``events.jsonl`` and the pictures
+(``epoch 3 (0-19)``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class EpochBar:
     """The bar of one epoch, with the running loss, accuracy and the live architecture."""
 
     def __init__(self, epoch: int, epochs: int, arch: dict[str, Any]) -> None:
-        self.desc = f"epoch {epoch + 1}/{epochs}"
+        self.desc = f"epoch {epoch} (0-{epochs - 1})"
         self.arch = arch
         self.bar: tqdm | None = None
 
@@ -75,7 +76,7 @@ def postfix(loss: float, acc: float, arch: dict[str, Any]) -> dict[str, Any]:
 
 def summary(record: dict[str, Any], epochs: int) -> str:
     """The one-line summary of an epoch's history record."""
-    text = (f"epoch {record['epoch'] + 1}/{epochs}: train loss {record['train_loss']:.4f} "
+    text = (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
             f"acc {record['train_acc']:.4f} | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f} | "
             f"{record['seconds']:.1f}s")
     for key in ("k", "arch", "params"):

@@ -90,7 +90,11 @@ def write_snapshot(folder: str | Path, epoch: int, arrays: dict[str, Any]) -> Pa
 
 
 class ScalarWriter:
-    """TensorBoard scalars when ``torch.utils.tensorboard`` imports; otherwise nothing (logged once)."""
+    """TensorBoard scalars when ``torch.utils.tensorboard`` imports; otherwise nothing.
+
+    TensorBoard is an optional extra (``pip install neuroplastic[tensorboard]``): without it a run says
+    so once at debug level only, since nothing is wrong (``history.jsonl`` holds the same numbers).
+    """
 
     def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
         self.writer = None
@@ -99,7 +103,8 @@ class ScalarWriter:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:  # tensorboard is an optional dependency
-            log.info("TensorBoard logging skipped: %s", err)
+            log.debug("no TensorBoard scalars (%s): the optional extra neuroplastic[tensorboard] writes them",
+                      err)
             return
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
@@ -134,23 +139,29 @@ class RunRecords:
     """The record files of a run folder: ``history.jsonl``, ``events.jsonl``, ``snapshots/`` and the
     optional TensorBoard scalars (see ``docs/architecture.md``)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.history = JsonlLog(self.run_dir / "history.jsonl")
         self.events = JsonlLog(self.run_dir / "events.jsonl")
-        self.writer = ScalarWriter(self.run_dir / "tensorboard", enabled=tensorboard)
+        self.enabled = enabled  # False: a process that only trains alongside the one writing (DDP)
+        self.writer = ScalarWriter(self.run_dir / "tensorboard", enabled=tensorboard and enabled)
 
     def start(self) -> None:
         """A fresh run: the contract's files exist from the start, empty."""
-        for log_file in (self.history, self.events):
-            log_file.path.write_text("")
+        if self.enabled:
+            for log_file in (self.history, self.events):
+                log_file.path.write_text("")
 
     def resume(self, n_history: int, n_events: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """A resumed run: cut the files back to what the checkpoint knew; return their records."""
+        if not self.enabled:
+            return self.history.read()[:n_history], self.events.read()[:n_events]
         return self.history.truncate(n_history), self.events.truncate(n_events)
 
     def add_epoch(self, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
         """Append an epoch's history record and its events; add its scalars to TensorBoard."""
+        if not self.enabled:
+            return
         self.history.append(record)
         for event in events:
             self.events.append(event)
@@ -158,7 +169,8 @@ class RunRecords:
 
     def add_snapshot(self, epoch: int, arrays: dict[str, Any]) -> None:
         """Write the method's snapshot of ``epoch`` (nothing when it is empty)."""
-        write_snapshot(self.run_dir / "snapshots", epoch, arrays)
+        if self.enabled:
+            write_snapshot(self.run_dir / "snapshots", epoch, arrays)
 
     def close(self) -> None:
         """Close the TensorBoard writer."""

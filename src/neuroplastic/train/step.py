@@ -29,7 +29,7 @@ def training_criterion(kind: str, criterion: Callable | None = None) -> Callable
     return nn.CrossEntropyLoss() if kind == "mean" else nn.CrossEntropyLoss(reduction="none")
 
 
-def training_closure(model: nn.Module, criterion: Callable, x: torch.Tensor, y: torch.Tensor,
+def training_closure(model: Callable[..., torch.Tensor], criterion: Callable, x: torch.Tensor, y: torch.Tensor,
                      captured: dict[str, torch.Tensor] | None = None) -> Closure:
     """``closure(index=None)``: the loss of ``model`` on the batch (on the examples at ``index`` when given,
     for ``"indexed"`` methods). The first full-batch output is kept in ``captured["out"]`` (detached): it
@@ -46,14 +46,32 @@ def training_closure(model: nn.Module, criterion: Callable, x: torch.Tensor, y: 
     return closure
 
 
+class Wrapped:
+    """The module whose forward trains: ``wrap(model)`` (e.g. a ``DistributedDataParallel``), built again
+    whenever the model's parameters were replaced (a method that ``resizes_model``)."""
+
+    def __init__(self, model: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self.model, self.wrap = model, wrap
+        self.module: nn.Module | None = None
+        self._ids: tuple[int, ...] = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ids = tuple(id(p) for p in self.model.parameters())
+        if self.module is None or ids != self._ids:
+            self.module, self._ids = self.wrap(self.model), ids
+        return self.module(*args, **kwargs)
+
+
 def train_step(model: nn.Module, method: CapacityMethod, optimizers: Sequence[Optimizer], schedules: Sequence[Any],
-               x: torch.Tensor, y: torch.Tensor, criterion: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+               x: torch.Tensor, y: torch.Tensor, criterion: Callable,
+               forward: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step: zero the gradients, ``method.backward``, step every optimizer and schedule,
-    then ``method.step()``. Returns the (detached) loss and the model's output on the batch."""
+    then ``method.step()``. ``forward`` (default: ``model``) computes the outputs, e.g. a :class:`Wrapped`
+    DDP model. Returns the (detached) loss and the model's output on the batch."""
     captured: dict[str, torch.Tensor] = {}
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    loss = method.backward(training_closure(model, criterion, x, y, captured))
+    loss = method.backward(training_closure(forward or model, criterion, x, y, captured))
     for opt in optimizers:
         opt.step()
     for schedule in schedules:

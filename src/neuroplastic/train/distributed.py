@@ -1,0 +1,62 @@
+"""Data-parallel runs under ``torchrun``: the process group, and the few places a run must agree across
+processes.
+
+``torchrun --nproc_per_node N -m neuroplastic.cli run RECIPE ...`` starts N processes; each calls
+:func:`init_from_env`, loads the data, builds the same model (same seed) and trains its share of every
+batch (:class:`~neuroplastic.data.TensorLoader` with ``rank`` / ``world_size``) through
+``DistributedDataParallel``. Only the main process (rank 0) writes the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(device: str) -> str:
+    """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1), once;
+    return the device this process trains on (``cuda:LOCAL_RANK`` for ``cuda``). Without torchrun, nothing
+    happens and ``device`` is returned unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return device
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed")
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return f"cuda:{local}"
+    dist.init_process_group("gloo")
+    return device
+
+
+def ddp_wrap(model: nn.Module) -> nn.Module:
+    """``DistributedDataParallel(model)`` on the model's device (rank 0's parameters are broadcast)."""
+    param = next(model.parameters())
+    ids = [param.device.index] if param.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics follow each process's share of the
+    batches), so that evaluations, and the decisions a method takes on them, agree; no-op outside a group."""
+    if world()[1] == 1:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def barrier() -> None:
+    """Wait for every process (no-op outside a process group)."""
+    if world()[1] > 1:
+        dist.barrier()
