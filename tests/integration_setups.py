@@ -18,6 +18,7 @@ from torch import nn
 
 import neuroplastic
 from neuroplastic.data import DatasetNotFoundError
+from neuroplastic.recipes.registry import method_class
 from neuroplastic.train import build_schedule, fit
 
 DATA = Path(os.environ.get("NEUROPLASTIC_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -26,6 +27,16 @@ N_TRAIN, N_VAL, BATCH, EPOCHS = 256, 128, 32, 4
 STEPS = N_TRAIN // BATCH  # optimizer steps per epoch
 HIDDEN = 32
 METHODS = ("npn", "npn_physical", "rigl", "lpss")
+#: the other registered methods, with options for this run (built through the registry, as a recipe does)
+OTHERS = {
+    "dense": {},
+    "hard_concrete": {"lam": 1e-4},
+    "static": {"density": 0.3},
+    "set": {"density": 0.3, "update_every": 4},
+    "gmp": {"final_density": 0.3, "update_every": 4},
+    "granet": {"final_density": 0.3, "update_every": 4},
+    "imp": {"rounds": 1, "epochs_per_round": EPOCHS // 2, "final_density": 0.5},
+}
 
 
 @dataclass
@@ -53,13 +64,9 @@ def mnist() -> Mnist:
     return _CACHE["mnist"]
 
 
-def batches(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed batches every loop sees, in this order, every epoch."""
-    return [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, len(y), BATCH)]
-
-
 def loader(x: torch.Tensor, y: torch.Tensor) -> torch.utils.data.DataLoader:
-    """:func:`batches` as a DataLoader (no shuffling: the same batches in the same order)."""
+    """The batches every loop sees, in this order, every epoch (a DataLoader without shuffling, whose
+    iterators draw from the global generator as the frameworks' do)."""
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
 
 
@@ -114,6 +121,17 @@ def build(name: str, *, with_optimizer: bool = True, **options: Any) -> Setup:
         optimizers = [neuroplastic.LpCGD.for_model(model, lr=0.05, p_first=1.3, p_rest=1.15)]
         method = neuroplastic.LpSS(model, optimizers[0], final_density=0.5, epochs=EPOCHS, steps_per_epoch=STEPS,
                                    begin=0.0, end=0.75, update_every=4, init_density=0.8, seed=1, **options)
+    elif name in OTHERS:
+        cls = method_class(name)
+        build_kwargs = {"epochs": EPOCHS, "steps_per_epoch": STEPS, "example_input": mnist().val_x[:2],
+                        **OTHERS[name], **options}
+        if cls.takes_optimizer:  # mask methods: the optimizer first
+            optimizers = optimizers_for("rigl", model)
+            method = cls.from_recipe(model, optimizers[0], **build_kwargs)
+        else:  # gates first, then the optimizer that trains them
+            method = cls.from_recipe(model, **build_kwargs)
+            optimizers = ([neuroplastic.npn_optimizer(model, lr=2e-3, gate_lr=0.1)] if method.gate_parameters()
+                          else optimizers_for("rigl", model))
     else:
         raise ValueError(f"no setup for {name!r}")
     if method.resizes_model:
@@ -129,7 +147,7 @@ def plain_run(name: str, tmp_path: Path, **options: Any) -> tuple[Setup, list[di
     data = mnist()
     run_dir = tmp_path / f"plain-{name}"
     result = fit(s.net, s.method, s.optimizers, s.schedules,
-                 {"train": batches(data.train_x, data.train_y), "val": batches(data.val_x, data.val_y)},
+                 {"train": loader(data.train_x, data.train_y), "val": loader(data.val_x, data.val_y)},
                  epochs=EPOCHS, run_dir=run_dir, selection="last", progress=False, tensorboard=False,
                  snapshot_every=0)
     return s, result.history, result.events

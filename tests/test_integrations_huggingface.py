@@ -58,14 +58,14 @@ def arguments(out: Path, epochs: int = S.EPOCHS, **kwargs) -> transformers.Train
         dataloader_num_workers=0, **{"eval_strategy": "epoch", "save_strategy": "no", **kwargs})
 
 
-def train_hf(s: S.Setup, out: Path, epochs: int = S.EPOCHS, *, resume=None, optimizers=None,
-             **kwargs) -> CapacityCallback:
+def train_hf(s: S.Setup, out: Path, epochs: int = S.EPOCHS, *, resume=None,
+             **kwargs) -> tuple[CapacityCallback, transformers.Trainer]:
     """Train ``s`` through ``CapacityTrainer`` (methods that own the backward pass) or a plain Trainer with
-    the callback (the others); returns the callback."""
+    the callback (the others); returns the callback and the Trainer."""
     data = S.mnist()
     common = {"model": Classify(s.net), "args": arguments(out, epochs, **kwargs),
               "train_dataset": Examples(data.train_x, data.train_y), "eval_dataset": Examples(data.val_x, data.val_y),
-              "optimizers": optimizers or (s.optimizers[0], s.schedules[0])}
+              "optimizers": (s.optimizers[0], s.schedules[0])}
     if s.method.owns_backward:
         trainer = CapacityTrainer(**common, method=s.method)
         callback = trainer.capacity
@@ -73,14 +73,13 @@ def train_hf(s: S.Setup, out: Path, epochs: int = S.EPOCHS, *, resume=None, opti
         callback = CapacityCallback(s.method)
         trainer = transformers.Trainer(**common, callbacks=[callback])
     trainer.train(resume_from_checkpoint=resume)
-    callback.trainer_state = trainer.state  # for the checks on what was logged
-    return callback
+    return callback, trainer
 
 
 @pytest.mark.parametrize("name", S.METHODS)
 def test_hf_trains_every_method_as_the_plain_loop(name, tmp_path):
     s = S.build(name, with_optimizer=False)  # RigL gets the Trainer's optimizer through bind_optimizers
-    callback = train_hf(s, tmp_path / "hf")
+    callback, trainer = train_hf(s, tmp_path / "hf")
     plain, history, events = S.plain_run(name, tmp_path)
     S.assert_same_weights(s.net, plain.net, atol=0)  # bit for bit
     assert S.same_records(callback.events) == S.same_records(events)
@@ -89,8 +88,27 @@ def test_hf_trains_every_method_as_the_plain_loop(name, tmp_path):
             {k: theirs[k] for k in theirs if k in mine and k not in ("val_loss", "seconds")}
         assert abs(mine["val_loss"] - theirs["val_loss"]) < 1e-6  # the Trainer's eval_loss, the same batches
     S.check_invariants(s, callback.events)
-    logged = [entry for entry in callback.trainer_state.log_history if "capacity/params" in entry]
+    logged = [entry for entry in trainer.state.log_history if "capacity/params" in entry]
     assert [entry["capacity/params"] for entry in logged] == [r["params"] for r in callback.history]
+
+
+@pytest.mark.parametrize("name", sorted(S.OTHERS))
+def test_hf_trains_the_other_methods_as_the_plain_loop(name, tmp_path):
+    """Every other registered method. HardConcrete draws its gate noise from the global generator, which
+    the Trainer's data loading draws from differently than the plain loop: it is checked by its records
+    (the penalty shrank the expected L0 in both loops, by about as much) instead of bit for bit."""
+    s = S.build(name, with_optimizer=False)
+    callback, _ = train_hf(s, tmp_path / "hf")
+    plain, history, events = S.plain_run(name, tmp_path)
+    if name == "hard_concrete":
+        mine = [r["expected_l0"] for r in callback.history]
+        theirs = [r["expected_l0"] for r in history]
+        assert mine[-1] < 0.9 * mine[0] and theirs[-1] < 0.9 * theirs[0]  # ~21,100 -> ~17,100 of 25,408
+        assert abs(mine[-1] - theirs[-1]) < 0.01 * theirs[-1]
+        return
+    S.assert_same_weights(s.net, plain.net, atol=0)
+    assert S.same_records(callback.events) == S.same_records(events)
+    assert [r["params"] for r in callback.history][-1] == plain.method.architecture()["params"]
 
 
 @pytest.mark.parametrize("name, stop, options", [("rigl", 2, {}), ("npn_physical", 3, {"stages": (1, 2)})])
@@ -103,7 +121,7 @@ def test_hf_resumes_from_a_checkpoint(name, stop, options, tmp_path):
     train_hf(first, out, stop, save_strategy="epoch")
     assert (out / f"checkpoint-{stop * S.STEPS}" / STATE_FILE).is_file()
     resumed = S.build(name, with_optimizer=False, **options)
-    callback = train_hf(resumed, out, resume=True, save_strategy="epoch")
+    callback, _ = train_hf(resumed, out, resume=True, save_strategy="epoch")
     plain, _, events = S.plain_run(name, tmp_path, **options)
     S.assert_same_weights(resumed.net, plain.net, atol=0)
     assert S.same_records(callback.events) == S.same_records(events)

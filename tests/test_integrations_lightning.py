@@ -80,6 +80,18 @@ def test_lightning_trains_every_method_as_the_plain_loop(name, tmp_path):
     assert callback.history[-1]["params"] == s.method.architecture()["params"]
 
 
+@pytest.mark.parametrize("name", sorted(S.OTHERS))
+def test_lightning_trains_the_other_methods_as_the_plain_loop(name, tmp_path):
+    """Every other registered method (HardConcrete draws its gate noise from the global generator: the
+    same draws in both loops)."""
+    s = S.build(name, with_optimizer=False)
+    callback = fit_lightning(s)
+    plain, _, events = S.plain_run(name, tmp_path)
+    S.assert_same_weights(s.net, plain.net, atol=0)
+    assert S.same_records(callback.events) == S.same_records(events)
+    assert [r["params"] for r in callback.history][-1] == plain.method.architecture()["params"]
+
+
 def test_lightning_logs_the_method_metrics(tmp_path):
     s = S.build("npn")
     data = S.mnist()
