@@ -53,7 +53,7 @@ def arguments(out: Path, epochs: int = S.EPOCHS, **kwargs) -> transformers.Train
     """The shared batches in order, validation at each epoch end, no clipping, no logging to services."""
     return transformers.TrainingArguments(
         output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=S.BATCH,
-        per_device_eval_batch_size=64, train_sampling_strategy="sequential", logging_strategy="no",
+        per_device_eval_batch_size=S.BATCH, train_sampling_strategy="sequential", logging_strategy="no",
         report_to="none", max_grad_norm=0.0, use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
         dataloader_num_workers=0, **{"eval_strategy": "epoch", "save_strategy": "no", **kwargs})
 
@@ -90,6 +90,18 @@ def test_hf_trains_every_method_as_the_plain_loop(name, tmp_path):
     S.check_invariants(s, callback.events)
     logged = [entry for entry in trainer.state.log_history if "capacity/params" in entry]
     assert [entry["capacity/params"] for entry in logged] == [r["params"] for r in callback.history]
+
+
+def test_hf_step_wise_expansion_checks_the_evaluation_data(tmp_path):
+    """NPN growing from 8 units, checked every 4 steps on 2 evaluation batches (CapacityTrainer evaluates
+    them with the Trainer's compute_loss): the same expansions as the plain loop."""
+    options = {"mode": "expand", "k": 1, "lam": 0.0, "init_active": 8, "expand_every": 4, "expand_val_batches": 2}
+    s = S.build("npn", **options)
+    callback, _ = train_hf(s, tmp_path / "hf")
+    plain, _, events = S.plain_run("npn", tmp_path, **options)
+    assert [e for e in callback.events if e["event"] == "expand"]
+    assert S.same_records(callback.events) == S.same_records(events)
+    S.assert_same_weights(s.net, plain.net, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(S.OTHERS))
