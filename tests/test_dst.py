@@ -264,3 +264,24 @@ def test_from_recipe_names():
     model = net()
     m = method_class("granet").from_recipe(model, sgd(model), epochs=2, steps_per_epoch=5, final_density=0.2, seed=3)
     assert isinstance(m, GraNet) and m.schedule.end_step == round(2 * 11 / 16 * 5)
+
+
+def test_a_mask_method_built_without_its_optimizer_takes_it_in_bind_optimizers():
+    """Frameworks build the optimizer after the method: bind_optimizers hands it over, and training then
+    equals a method built with it (momentum of dropped and regrown weights is zeroed the same way)."""
+    results = []
+    for later in (False, True):
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        method = RigL(model, None if later else opt, density=0.3, epochs=1, steps_per_epoch=8, update_every=2)
+        method.bind_optimizers([torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1), opt])  # picks its own
+        assert method.engine.optimizer is opt
+        train(model, opt, method, 8)
+        results.append(model.state_dict())
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
+    model = net()
+    method = RigL(model, None, density=0.3, epochs=1, steps_per_epoch=8)
+    two = [torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(model.parameters(), lr=0.1)]
+    with pytest.raises(ValueError, match="2 of the optimizers hold masked weights of method 'rigl'"):
+        method.bind_optimizers(two)

@@ -277,3 +277,12 @@ def test_shipped_recipes_build_the_reference_setting(recipe, density, p_first, p
     expected = 0.5 + (25 - 50 / 3) / (47 - 50 / 3) * (0.004 - 0.5)
     assert opt.param_groups[-1]["lr"] == pytest.approx(expected, rel=1e-5)
     assert opt.param_groups[0]["lr"] == pytest.approx(expected / 256, rel=1e-5)
+
+
+def test_bind_optimizers_refuses_optimizers_without_its_lpcgd():
+    """A framework that built another optimizer would train off the sphere: the error says so."""
+    net, opt, lpss = _setup()
+    lpss.bind_optimizers([opt])
+    lpss.bind_optimizers([])  # not training (e.g. loading to evaluate)
+    with pytest.raises(ValueError, match=r"LpSS's LpCGD optimizer is not among the optimizers .*\(AdamW\)"):
+        lpss.bind_optimizers([torch.optim.AdamW(net.parameters())])

@@ -112,6 +112,8 @@ def test_declared_capabilities(name):
     cls = method_class(name)
     assert cls.closure_kind in CLOSURE_KINDS or isinstance(inspect.getattr_static(cls, "closure_kind"), property)
     assert isinstance(cls.takes_optimizer, bool) and isinstance(cls.resizes_model, bool)
+    # a loop may back-propagate the loss itself exactly when backward() is the plain one
+    assert cls.owns_backward is (cls.backward is not CapacityMethod.backward)
     options = cls.option_names()
     assert not {"self", "model", "optimizer", "epochs", "steps_per_epoch"} & set(options)
     assert set(OPTIONS[name]) <= set(options)

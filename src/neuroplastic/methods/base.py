@@ -26,6 +26,10 @@ capabilities. What each one is for:
 ``expand_every``        step-wise expansion: every that many steps the loop evaluates the validation
                         loss and calls :meth:`check_expansion` (None: no step-wise checks)
 ``mode``                ``"sparse"`` / ``"expand"`` for methods that do either, else None
+``owns_backward``       :meth:`backward` does more than ``closure().backward()`` (NPN's second ARM pass,
+                        a penalty added to the loss): a framework loop that back-propagates the loss
+                        itself (Lightning's automatic optimization, the Hugging Face ``Trainer``'s
+                        ``training_step``) must hand the step to :meth:`backward` instead
 ======================  ==========================================================================
 
 Methods that need more than one forward pass per step (NPN's ARM estimator) own the backward step,
@@ -73,6 +77,8 @@ class CapacityMethod:
     expand_val_batches: int | None = None
     #: ``"sparse"`` or ``"expand"`` for methods that do either; None otherwise
     mode: str | None = None
+    #: :meth:`backward` is not the plain ``closure().backward()``: loops must call it for the step
+    owns_backward: ClassVar[bool] = False
     #: the run's length arguments :meth:`from_recipe` passes to constructors that take them
     from_runner: ClassVar[tuple[str, ...]] = ("epochs", "steps_per_epoch")
 

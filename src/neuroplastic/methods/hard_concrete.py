@@ -34,6 +34,7 @@ class HardConcrete(UnitGateMethod):
     """
 
     name = "hard_concrete"
+    owns_backward = True  # the penalty joins the loss
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ Masked unconstrained weights (stem, shortcuts, classifier) are plain zeros and r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -220,6 +221,16 @@ class LpSS(CapacityMethod):
         return self.begin_step <= step < self.end_step and (step - self.begin_step) % self.update_every == 0
 
     # -- training-loop hooks -----------------------------------------------------------------------
+    def bind_optimizers(self, optimizers: Sequence[torch.optim.Optimizer], schedules: Sequence[Any] = ()) -> None:
+        """Check that this method's :class:`LpCGD` is among the optimizers training the model (a loop
+        that built another optimizer would train the weights off the sphere and against the masks);
+        ``[]`` (no training, e.g. to evaluate) is accepted."""
+        optimizers = list(optimizers)
+        if optimizers and not any(opt is self.optimizer for opt in optimizers):
+            given = ", ".join(type(opt).__name__ for opt in optimizers)
+            raise ValueError(f"LpSS's LpCGD optimizer is not among the optimizers training the model ({given}): "
+                             "train with the LpCGD the method was built with")
+
     def step(self) -> None:
         """After ``optimizer.step()`` (before the next ``zero_grad``): topology update when due, masks applied."""
         if self.is_update_step(self.steps):

@@ -33,6 +33,7 @@ from neuroplastic.masks import (
 )
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import WEIGHTED, layer_flops
+from neuroplastic.structure.optim_surgery import as_optimizer_list
 
 #: training cost convention: forward + backward (activations) + backward (weights) ~ 3 forward passes
 TRAINING_FLOPS_FACTOR = 3
@@ -160,6 +161,18 @@ class MaskMethod(CapacityMethod):
         raise NotImplementedError
 
     # -- the loop hooks ----------------------------------------------------------------------------------
+    def bind_optimizers(self, optimizers: Sequence[torch.optim.Optimizer], schedules: Sequence[Any] = ()) -> None:
+        """Mask the state of the optimizer among ``optimizers`` that trains the masked weights (so a method
+        built with ``optimizer=None``, before a framework built the optimizer, masks it from now on)."""
+        masked = {id(self.engine.weight(name)) for name in self.engine.masks}
+        mine = [opt for opt in as_optimizer_list(optimizers)
+                if any(id(p) in masked for group in opt.param_groups for p in group["params"])]
+        if len(mine) > 1:
+            raise ValueError(f"{len(mine)} of the optimizers hold masked weights of method {self.name!r}; "
+                             "one optimizer must train them")
+        if mine:
+            self.engine.optimizer = mine[0]
+
     def step(self) -> None:
         """Re-apply the masks; every ``update_every`` steps update the topology (see ``update``)."""
         self.global_step += 1

@@ -90,6 +90,7 @@ class NPN(UnitGateMethod):
     """
 
     name = "npn"
+    owns_backward = True  # the penalty joins the loss and a second (ARM) pass
 
     def __init__(
         self,

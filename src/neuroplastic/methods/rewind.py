@@ -93,6 +93,7 @@ class IterativePruning(MaskMethod):
     def bind_optimizers(self, optimizers: Any, schedules: Any = ()) -> None:
         """Take the per-step ``LambdaLR`` of this method's optimizer from ``schedules`` (when no
         ``scheduler`` was given), so that every round restarts it at the rewind epoch."""
+        super().bind_optimizers(optimizers, schedules)
         if self.scheduler is None:
             mine = [s for s in schedules if isinstance(s, LambdaLR) and s.optimizer is self.engine.optimizer]
             if len(mine) > 1:

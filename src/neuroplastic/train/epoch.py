@@ -93,16 +93,28 @@ def expansion_check(model: nn.Module, method: CapacityMethod, val_loader: Any,
     """For a method with ``expand_every``: a function of the global step that, every ``expand_every``
     steps, evaluates the first ``method.expand_val_batches`` validation batches (all when None) and
     returns the events of ``method.check_expansion`` (each with its ``step``); None for other methods."""
+    n_batches = method.expand_val_batches
+
+    def val_loss() -> float:
+        batches = val_loader if n_batches is None else itertools.islice(val_loader, n_batches)
+        return evaluate(model, batches, criterion)[0]
+
+    return step_expansion_check(method, val_loss)
+
+
+def step_expansion_check(method: CapacityMethod,
+                         val_loss: Callable[[], float]) -> Callable[[int], list[dict[str, Any]]] | None:
+    """:func:`expansion_check` for any loop: ``check(step)`` calls ``method.check_expansion(val_loss())``
+    every ``method.expand_every`` steps (``val_loss`` evaluates the loop's validation batches; the
+    framework integrations give their own) and returns its events, each with its ``step``; None for a
+    method without ``expand_every``."""
     every = method.expand_every
     if every is None:
         return None
-    n_batches = method.expand_val_batches
 
     def check(step: int) -> list[dict[str, Any]]:
         if step % every:
             return []
-        batches = val_loader if n_batches is None else itertools.islice(val_loader, n_batches)
-        val_loss, _ = evaluate(model, batches, criterion)
-        return [{"step": step, **event} for event in method.check_expansion(val_loss)]
+        return [{"step": step, **event} for event in method.check_expansion(val_loss())]
 
     return check

@@ -1,0 +1,212 @@
+"""What the Lightning and Hugging Face integration tests share: a few hundred real MNIST images, one small
+MLP, the four method families built the same way for every loop, the plain-loop reference run
+(:func:`neuroplastic.train.fit` on the same batches in the same order) and the checks of each method's
+invariants, so that every framework is judged by the same checks as the plain loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import neuroplastic
+from neuroplastic.data import DatasetNotFoundError
+from neuroplastic.recipes.registry import method_class
+from neuroplastic.train import build_schedule, fit
+
+DATA = Path(os.environ.get("NEUROPLASTIC_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
+N_TRAIN, N_VAL, BATCH, EPOCHS = 256, 128, 32, 4
+STEPS = N_TRAIN // BATCH  # optimizer steps per epoch
+HIDDEN = 32
+METHODS = ("npn", "npn_physical", "rigl", "lpss")
+#: the other registered methods, with options for this run (built through the registry, as a recipe does)
+OTHERS = {
+    "dense": {},
+    "hard_concrete": {"lam": 1e-4},
+    "static": {"density": 0.3},
+    "set": {"density": 0.3, "update_every": 4},
+    "gmp": {"final_density": 0.3, "update_every": 4},
+    "granet": {"final_density": 0.3, "update_every": 4},
+    "imp": {"rounds": 1, "epochs_per_round": EPOCHS // 2, "final_density": 0.5},
+}
+
+
+@dataclass
+class Mnist:
+    """Flattened MNIST images: ``N_TRAIN`` to train on, ``N_VAL`` to validate on."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+_CACHE: dict[str, Mnist] = {}
+
+
+def mnist() -> Mnist:
+    """The first images of the real MNIST training set (skips the test when the data is missing)."""
+    if "mnist" not in _CACHE:
+        try:
+            splits = neuroplastic.load_dataset("mnist", data_dir=DATA, val_size=N_VAL, seed=0, download=False)
+        except DatasetNotFoundError as err:
+            pytest.skip(f"MNIST not available: {err}")
+        _CACHE["mnist"] = Mnist(splits.train_x[:N_TRAIN].flatten(1), splits.train_y[:N_TRAIN],
+                                splits.val_x.flatten(1), splits.val_y)
+    return _CACHE["mnist"]
+
+
+def loader(x: torch.Tensor, y: torch.Tensor) -> torch.utils.data.DataLoader:
+    """The batches every loop sees, in this order, every epoch (a DataLoader without shuffling, whose
+    iterators draw from the global generator as the frameworks' do)."""
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+
+
+@dataclass
+class Setup:
+    """One method on a fresh seeded network, with its optimizers and per-step LR schedules."""
+
+    name: str
+    net: nn.Module
+    method: Any
+    optimizers: list[torch.optim.Optimizer]
+    schedules: list[Any]
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return neuroplastic.get_model("mlp", in_features=784, hidden=[HIDDEN], num_classes=10)
+
+
+def optimizers_for(name: str, model: nn.Module) -> list[torch.optim.Optimizer]:
+    """The weights optimizer of ``name`` on the model's current parameters (after the gates exist; inside
+    a framework's ``configure_optimizers`` too). LpSS builds its own LpCGD with the method."""
+    if name in ("npn", "npn_physical"):
+        return [neuroplastic.npn_optimizer(model, lr=2e-3, gate_lr=0.1)]
+    if name == "rigl":
+        return [torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)]
+    raise ValueError(f"{name!r} builds its optimizer with the method")
+
+
+def schedules_for(optimizers: list[torch.optim.Optimizer]) -> list[Any]:
+    """One per-step cosine schedule per optimizer."""
+    return [build_schedule(o, {"name": "cosine"}, epochs=EPOCHS, steps_per_epoch=STEPS) for o in optimizers]
+
+
+def build(name: str, *, with_optimizer: bool = True, **options: Any) -> Setup:
+    """``name`` on a fresh network; ``options`` change the method's. ``with_optimizer=False`` builds a mask
+    method without its optimizer (as a framework that builds the optimizer later: ``bind_optimizers`` hands
+    it over)."""
+    model = net()
+    if name in ("npn", "npn_physical"):
+        kwargs = {"mode": "sparse", "k": 7, "lam": 1e-4, "stages": (1, 3), **options}
+        if name == "npn":
+            method = neuroplastic.NPN(model, **kwargs)
+        else:
+            method = neuroplastic.PhysicalNPN(model, **kwargs, example_input=mnist().val_x[:2])
+        optimizers = optimizers_for(name, model)
+    elif name == "rigl":
+        optimizers = optimizers_for(name, model)
+        method = neuroplastic.RigL(model, optimizers[0] if with_optimizer else None, density=0.3, epochs=EPOCHS,
+                                   steps_per_epoch=STEPS, update_every=4, seed=1, **options)
+    elif name == "lpss":
+        optimizers = [neuroplastic.LpCGD.for_model(model, lr=0.05, p_first=1.3, p_rest=1.15)]
+        method = neuroplastic.LpSS(model, optimizers[0], final_density=0.5, epochs=EPOCHS, steps_per_epoch=STEPS,
+                                   begin=0.0, end=0.75, update_every=4, init_density=0.8, seed=1, **options)
+    elif name in OTHERS:
+        cls = method_class(name)
+        build_kwargs = {"epochs": EPOCHS, "steps_per_epoch": STEPS, "example_input": mnist().val_x[:2],
+                        **OTHERS[name], **options}
+        if cls.takes_optimizer:  # mask methods: the optimizer first
+            optimizers = optimizers_for("rigl", model)
+            method = cls.from_recipe(model, optimizers[0], **build_kwargs)
+        else:  # gates first, then the optimizer that trains them
+            method = cls.from_recipe(model, **build_kwargs)
+            optimizers = ([neuroplastic.npn_optimizer(model, lr=2e-3, gate_lr=0.1)] if method.gate_parameters()
+                          else optimizers_for("rigl", model))
+    else:
+        raise ValueError(f"no setup for {name!r}")
+    if method.resizes_model:
+        method.bind_optimizers(optimizers)
+    return Setup(name, model, method, optimizers, schedules_for(optimizers))
+
+
+def plain_run(name: str, tmp_path: Path, **options: Any) -> tuple[Setup, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The reference: :func:`neuroplastic.train.fit` on the same batches; returns the setup and the
+    run's history and events records."""
+    s = build(name, **options)
+    s.method.bind_optimizers(s.optimizers, s.schedules)
+    data = mnist()
+    run_dir = tmp_path / f"plain-{name}"
+    result = fit(s.net, s.method, s.optimizers, s.schedules,
+                 {"train": loader(data.train_x, data.train_y), "val": loader(data.val_x, data.val_y)},
+                 epochs=EPOCHS, run_dir=run_dir, selection="last", progress=False, tensorboard=False,
+                 snapshot_every=0)
+    return s, result.history, result.events
+
+
+def same_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records as JSON gives them back (tuples become lists), for comparing with a run folder's."""
+    return json.loads(json.dumps(records))
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
+    """Same parameter and buffer names, shapes and values (within ``atol``)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert sa[key].shape == sb[key].shape, key
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=atol, msg=key)
+
+
+def check_invariants(s: Setup, events: list[dict[str, Any]], epochs: int = EPOCHS) -> None:
+    """What must hold after ``epochs`` epochs of ``s`` through any loop."""
+    method = s.method
+    if s.name in ("npn", "npn_physical"):
+        arch = method.architecture()["arch"]
+        assert arch[0] < HIDDEN, f"no hidden unit closed ({arch})"
+        phi = method.sites[0].gates.phi.detach()
+        assert int((phi > 0).sum()) == arch[0]  # the evaluation gates are the open units
+    if s.name == "npn_physical":
+        removes = [e for e in events if e["event"] == "remove"]
+        assert removes and removes[0]["epoch"] == method.schedule.stages[1]  # when the hardening stage began
+        layers = [m for m in s.net.modules() if isinstance(m, nn.Linear)]
+        assert layers[0].out_features == layers[1].in_features == method.physical_widths()[0] < HIDDEN
+        assert bool((method.sites[0].gates.phi > 0).all())  # only open units are left
+    if s.name in ("rigl", "lpss"):
+        engine = method.engine
+        for name, mask in engine.masks.items():
+            assert bool((engine.weight(name)[~mask] == 0).all()), name  # masked weights are exact zeros
+    if s.name == "rigl":
+        updates = [e for e in events if e["event"] == "drop_and_grow"]
+        assert [e["step"] for e in updates] == [4, 8, 12, 16, 20]  # every 4 steps until 3/4 of the run
+        assert method.engine.nnz() == build("rigl").method.engine.nnz()  # every layer keeps its exact count
+    if s.name == "lpss":
+        updates = [e for e in events if e["event"] == "lpss_update"]
+        assert updates and all(e["dropped"] >= 0 for e in updates)
+        assert abs(updates[-1]["density"] - method.engine.density()) < 1e-12
+
+
+def run_doc_section(section: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """Run every ``python`` block under docs/integrations.md's ``## section``, in order, in one scope (in
+    ``tmp_path``, with the real data as ``$NEUROPLASTIC_DATA``); returns the scope."""
+    mnist()  # skips without the data
+    monkeypatch.setenv("NEUROPLASTIC_DATA", str(DATA))
+    monkeypatch.chdir(tmp_path)
+    text = DOCS.read_text(encoding="utf-8")
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    blocks = re.findall(r"```python\n(.*?)```", text[start:end if end >= 0 else None], flags=re.S)
+    assert blocks, f"no python block under {section!r}"
+    scope: dict[str, Any] = {"__name__": "docs"}
+    for block in blocks:
+        exec(compile(block, str(DOCS), "exec"), scope)
+    return scope
