@@ -170,3 +170,52 @@ def test_checkpoint_every_resumes_from_the_last_written_checkpoint(tmp_path):
     assert _strip(on_disk) == _strip(res_a.history)
     with pytest.raises(ValueError, match="checkpoint_every must be"):
         _run(tmp_path / "c", checkpoint_every=0)
+
+
+class _NaNAfter(CapacityMethod):
+    """Turns the first layer's weights to NaN after optimizer step ``at`` (a diverging run)."""
+
+    def __init__(self, model, at: int):
+        super().__init__(model)
+        self.at, self.steps = at, 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps == self.at:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+
+
+def test_a_loss_that_turns_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    from neuroplastic.train.epoch import NonFiniteLoss
+
+    model, _, opts, scheds, loaders = _setup()
+    method = _NaNAfter(model, at=2 * 4 + 1)  # 4 steps per epoch: the loss of step 10 (epoch 2) is NaN
+    with pytest.raises(NonFiniteLoss, match=r"not finite at step 10 \(epoch 2, steps 9\.\.12\)"):
+        fit(model, method, opts, scheds, loaders, epochs=5, run_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 1 and len((tmp_path / "history.jsonl").read_text().splitlines()) == 2
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_a_full_disk_names_the_epoch_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import neuroplastic.train.checkpoint as checkpoint
+
+    real, calls = checkpoint.save_atomic, []
+
+    def full_disk_on_the_third_save(obj, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", full_disk_on_the_third_save)
+    with pytest.raises(OSError, match=r"cannot write the run folder .* after epoch 2 \(step 12\): .*No space left "
+                                      r"on device; the checkpoint of epoch 1 is kept"):
+        _run(tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(checkpoint, "save_atomic", real)
+    _, resumed = _run(tmp_path, resume=True)  # space again: the run continues from epoch 2
+    _, whole = _run(tmp_path / "whole")
+    assert _strip(resumed.history) == _strip(whole.history)

@@ -70,6 +70,27 @@ def scalars(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+class DriverView:
+    """What every framework callback shows of the :class:`MethodDriver` it holds as ``self.driver``."""
+
+    driver: MethodDriver
+
+    @property
+    def method(self) -> CapacityMethod:
+        """The method this callback drives."""
+        return self.driver.method
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per finished epoch (:attr:`MethodDriver.history`)."""
+        return self.driver.history
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every capacity event of the run, with its ``epoch`` and ``step``."""
+        return self.driver.events
+
+
 class MethodDriver:
     """Drives one :class:`CapacityMethod` from a framework's hooks, as :func:`neuroplastic.train.fit` does
     from its loop (see the module docstring for the calls and their order)."""

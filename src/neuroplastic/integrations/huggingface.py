@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuroplastic.integrations.driver import MethodDriver, scalars, unwrap_optimizer
+from neuroplastic.integrations.driver import DriverView, MethodDriver, scalars, unwrap_optimizer
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.train.checkpoint import load_checkpoint, save_atomic
 from neuroplastic.train.epoch import step_expansion_check
@@ -59,7 +59,7 @@ __all__ = ["STATE_FILE", "CapacityCallback", "CapacityTrainer"]
 STATE_FILE = "neuroplastic_method.pt"
 
 
-class CapacityCallback(transformers.TrainerCallback):
+class CapacityCallback(DriverView, transformers.TrainerCallback):
     """Drives ``method`` through a ``transformers.Trainer`` run (see the module docstring).
 
     Parameters
@@ -79,21 +79,6 @@ class CapacityCallback(transformers.TrainerCallback):
         self.trainer: CapacityTrainer | None = None  # set by CapacityTrainer
         self.resume_dir: str | None = None  # the checkpoint folder a CapacityTrainer resumes from
         self._awaiting_eval = False
-
-    @property
-    def method(self) -> CapacityMethod:
-        """The method this callback drives."""
-        return self.driver.method
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One record per finished epoch (:attr:`MethodDriver.history`)."""
-        return self.driver.history
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """Every capacity event of the run, with its ``epoch`` and ``step``."""
-        return self.driver.events
 
     # -- set-up ----------------------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from neuroplastic.integrations.driver import MethodDriver, scalars
+from neuroplastic.integrations.driver import DriverView, MethodDriver, scalars
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.train.epoch import expansion_check
 from neuroplastic.train.step import train_step, training_criterion
@@ -58,7 +58,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 __all__ = ["CapacityCallback", "capacity_step"]
 
 
-class CapacityCallback(pl.Callback):
+class CapacityCallback(DriverView, pl.Callback):
     """Drives ``method`` through a ``lightning.Trainer`` run (see the module docstring).
 
     Parameters
@@ -85,21 +85,6 @@ class CapacityCallback(pl.Callback):
         self._global_step = 0  # trainer.global_step when the batch started
         self._stepped_by_helper = False  # capacity_step ran this batch's step (and method.step())
         self._step_schedules: list[Any] | None = None
-
-    @property
-    def method(self) -> CapacityMethod:
-        """The method this callback drives."""
-        return self.driver.method
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One record per finished epoch (:attr:`MethodDriver.history`)."""
-        return self.driver.history
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """Every capacity event of the run, with its ``epoch`` and ``step``."""
-        return self.driver.events
 
     # -- set-up ----------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
