@@ -3,7 +3,8 @@ PhysicalNPN (shrinks during the run) through ``CapacityTrainer``, RigL and LpSS 
 ``transformers.Trainer`` with ``CapacityCallback``, trained on real MNIST, end with the weights, records and
 events of :func:`neuroplastic.train.fit` on the same batches, bit for bit; a run stopped and resumed from
 its last checkpoint folder ends there too (a shrunk model is resized before its weights load); RigL masks a
-tiny BERT built from a config; misuse fails with an error that says what to do."""
+tiny BERT built from a config; NPN gates a tiny BERT (MLP units, whole attention heads) without a torch.fx
+trace and resumes; misuse fails with an error that says what to do."""
 
 from __future__ import annotations
 
