@@ -405,11 +405,15 @@ CASES = [
          "cannot gate 'nope': not a Linear/Conv2d of the model; gateable layers: ['0', '2']",
          api(lambda ctx: _npn(gates={"nope": "out"}))),
     Case("model", "`NPN(model, gates={'0': 'sideways'})`", "ValueError",
-         "gate side for '0' must be one of ('out', 'in'), got 'sideways'",
+         "gate side for '0' must be one of ('out', 'in'), optionally with ':<block size>' (e.g. 'in:64' gates "
+         "blocks of 64 input features), got 'sideways'",
          api(lambda ctx: _npn(gates={"0": "sideways"}))),
     Case("model", "`npn.compact(x)` of a model whose forward branches on a tensor", "BadInput",
-         "Branchy cannot be traced into unit groups (torch.fx): symbolically traced variables cannot be used as inputs "
-         "to control flow", api(lambda ctx: _npn(Branchy(), gates={"fc1": "out"}).compact(X))),
+         "compact() needs a torch.fx trace to find the tensors to slice: torch.fx cannot trace Branchy: blocked in "
+         "Branchy.forward at test_bad_inputs.py:", api(lambda ctx: _npn(Branchy(), gates={"fc1": "out"}).compact(X))),
+    Case("model", "`NPN(model, gates='groups')` of a model whose forward branches on a tensor", "BadInput",
+         "torch.fx cannot trace Branchy: blocked in Branchy.forward at test_bad_inputs.py:",
+         api(lambda ctx: _npn(Branchy(), gates="groups", example_input=X))),
     Case("model", "`npn.compact(x)` with `x` of the wrong width", "BadInput",
          "example_input of shape (16, 5) does not run through Sequential: mat1 and mat2 shapes cannot be multiplied",
          api(lambda ctx: _npn().compact(X[:, :5]))),

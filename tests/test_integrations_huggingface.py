@@ -3,7 +3,8 @@ PhysicalNPN (shrinks during the run) through ``CapacityTrainer``, RigL and LpSS 
 ``transformers.Trainer`` with ``CapacityCallback``, trained on real MNIST, end with the weights, records and
 events of :func:`neuroplastic.train.fit` on the same batches, bit for bit; a run stopped and resumed from
 its last checkpoint folder ends there too (a shrunk model is resized before its weights load); RigL masks a
-tiny BERT built from a config; misuse fails with an error that says what to do."""
+tiny BERT built from a config; NPN gates a tiny BERT (MLP units, whole attention heads) without a torch.fx
+trace and resumes; misuse fails with an error that says what to do."""
 
 from __future__ import annotations
 
@@ -200,3 +201,95 @@ def test_docs_huggingface_examples_run(monkeypatch, tmp_path):
     assert neuroplastic.count_weights(small) == npn.architecture()["params"]
     assert (tmp_path / "npn-run" / "checkpoint-120" / STATE_FILE).is_file()
     assert scope["rigl"].engine.density() == pytest.approx(0.1, abs=1e-3)
+
+
+# -- NPN on a transformer (torch.fx cannot trace it: per-layer gates) -----------------------------------------
+def tiny_bert_npn(seed: int = 0) -> tuple[nn.Module, neuroplastic.NPN, list[dict]]:
+    """A 2-layer BERT from a config with NPN out-gates on the MLPs' intermediate units and one in-gate per
+    attention head; made-up token sequences whose label is the first token's parity."""
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    torch.manual_seed(seed)
+    bert = transformers.BertForSequenceClassification(config)
+    gates = {}
+    for i in range(2):
+        gates[f"bert.encoder.layer.{i}.intermediate.dense"] = "out"
+        gates[f"bert.encoder.layer.{i}.attention.output.dense"] = "in:16"
+    with pytest.warns(UserWarning, match=r"cannot trace BertForSequenceClassification: blocked in "
+                                         r"BertForSequenceClassification.forward"):
+        npn = neuroplastic.NPN(bert, k=7, lam={n: 1e-4 if s == "out" else 1e-5 for n, s in gates.items()},
+                               gates=gates, stages=(1, 4))
+    ids = torch.randint(0, 100, (128, 16), generator=torch.Generator().manual_seed(0))
+    return bert, npn, [{"input_ids": row, "labels": int(row[0] % 2)} for row in ids]
+
+
+def train_bert(bert: nn.Module, npn: neuroplastic.NPN, tokens: list[dict], out: Path, epochs: int,
+               resume: bool | None = None) -> CapacityTrainer:
+    optimizer = neuroplastic.npn_optimizer(bert, lr=1e-3, gate_lr=0.1)
+    args = transformers.TrainingArguments(output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=32,
+                                          save_strategy="epoch", report_to="none", use_cpu=True, disable_tqdm=True,
+                                          logging_strategy="no", lr_scheduler_type="constant")
+    trainer = CapacityTrainer(model=bert, args=args, train_dataset=tokens, method=npn, optimizers=(optimizer, None))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_hf_npn_gates_a_tiny_bert_and_resumes(tmp_path):
+    """Per-layer gates on a model torch.fx cannot trace, through CapacityTrainer's ARM backward, stages and
+    penalty: gate logits learn, MLP units close; stopped after 2 epochs and resumed from the checkpoint (the
+    gate logits are model weights, the method state is in the folder), the run ends as the uninterrupted one."""
+    bert, npn, tokens = tiny_bert_npn()
+    start = [s.gates.phi.detach().clone() for s in npn.sites]
+    trainer = train_bert(bert, npn, tokens, tmp_path / "whole", 5)
+    arch = npn.architecture()
+    assert 0 < arch["arch"][0] < 64 and 0 < arch["arch"][2] < 64, arch  # MLP units closed, not all
+    assert arch["arch"][1] <= 2 and arch["arch"][3] <= 2 and arch["params"] < arch["params_dense"]
+    assert all(not torch.equal(s.gates.phi, p) for s, p in zip(npn.sites, start, strict=True))
+    assert npn.stage == 3 and [r["stage"] for r in trainer.capacity.history] == [1, 2, 2, 2, 3]
+    resumed_bert, resumed, _ = tiny_bert_npn()
+    train_bert(resumed_bert, resumed, tokens, tmp_path / "part", 2)
+    assert (tmp_path / "part" / "checkpoint-8" / STATE_FILE).is_file()
+    resumed_bert, resumed, _ = tiny_bert_npn()
+    train_bert(resumed_bert, resumed, tokens, tmp_path / "part", 5, resume=True)
+    assert resumed.architecture() == arch
+    assert resumed.generator.get_state().equal(npn.generator.get_state())
+    for (name, mine), theirs in zip(resumed_bert.state_dict().items(), bert.state_dict().values(), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-6), name
+
+
+def test_hf_head_gates_close_whole_attention_heads():
+    """An in-gate on the attention output projection in blocks of the head size gates whole heads: with
+    head 0 of layer 0 closed, that head's value weights do not change the output; head 1's do."""
+    bert, npn, tokens = tiny_bert_npn()
+    site = next(s for s in npn.sites if s.name == "bert.encoder.layer.0.attention.output.dense:in:16")
+    assert (site.n, site.weights_per_unit) == (2, 16 * 32)
+    with torch.no_grad():
+        site.gates.phi[0] = -1.0
+    bert.eval()
+    ids = torch.stack([t["input_ids"] for t in tokens[:4]])
+    before = bert(input_ids=ids).logits
+    value = bert.bert.encoder.layer[0].attention.self.value
+    with torch.no_grad():
+        value.weight[:16] += torch.randn(16, 32)  # head 0's value rows
+    assert torch.equal(bert(input_ids=ids).logits, before)
+    with torch.no_grad():
+        value.weight[16:] += torch.randn(16, 32)  # head 1's
+    assert not torch.allclose(bert(input_ids=ids).logits, before)
+
+
+def test_docs_npn_on_a_transformer_runs(monkeypatch, tmp_path):
+    """docs/integrations.md's NPN-on-BERT example, as written: MLP units close, the method state is in the
+    checkpoints, and the exported full-width model loads with from_pretrained and computes what the gated
+    model computes in evaluation mode."""
+    scope = S.run_doc_section("NPN on a Hugging Face transformer", monkeypatch, tmp_path)
+    npn, bert = scope["npn"], scope["bert"]
+    assert sum(npn.architecture()["arch"]) < 2 * (64 + 2)
+    assert (tmp_path / "bert-npn" / "checkpoint-20" / STATE_FILE).is_file()
+    loaded = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "bert-npn-plain")
+    assert not any("npn_" in name for name in loaded.state_dict())
+    bert.eval()
+    loaded.eval()
+    ids = torch.stack([t["input_ids"] for t in scope["tokens"][:8]])
+    assert torch.allclose(loaded(input_ids=ids).logits, bert(input_ids=ids).logits, atol=1e-5)
+    with pytest.raises(neuroplastic.errors.BadInput, match=r"compact\(\) needs a torch.fx trace .*plain_model"):
+        npn.compact(ids)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neuroplastic.gates.sites import GATEABLE
+from neuroplastic.gates.sites import GATEABLE, model_graph
+from neuroplastic.structure.trace import TraceFailure
 
 _PASS_MODULES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
@@ -40,11 +41,14 @@ class Link:
     repeat: int
 
 
-def chain_links(model: nn.Module) -> list[Link]:
-    """All producer -> consumer links of ``model`` (empty if it cannot be traced by torch.fx)."""
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - untraceable models simply get no links (over-counting)
+def chain_links(model: nn.Module, graph: torch.fx.Graph | TraceFailure | None = None) -> list[Link]:
+    """All producer -> consumer links of ``model``, found in its ``torch.fx`` ``graph``
+    (:func:`~neuroplastic.gates.sites.model_graph`, traced here when None). A model that cannot be traced
+    (``graph`` is a :class:`TraceFailure`) has none: every gate then only closes its own layer's units,
+    which can over-count live weights, never under-count them."""
+    if graph is None:
+        graph = model_graph(model)
+    if isinstance(graph, TraceFailure):
         return []
     modules = dict(model.named_modules())
     links: list[Link] = []

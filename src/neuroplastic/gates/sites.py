@@ -16,12 +16,13 @@ Gates are applied with forward (pre-)hooks, so the user's model code is not rewr
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from neuroplastic.structure.trace import TraceFailure, fx_trace
 
 GATEABLE = (nn.Linear, nn.Conv2d)
 SIDES = ("out", "in")  # per-layer sides; "group" sites come from make_group_site
@@ -174,26 +175,29 @@ def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, GATEABLE)}
 
 
-def following_norm(model: nn.Module, layer: str) -> str | None:
+def model_graph(model: nn.Module) -> torch.fx.Graph | TraceFailure:
+    """The ``torch.fx`` graph of ``model``, or the :class:`~neuroplastic.structure.trace.TraceFailure`
+    that says which module and line blocked the trace. Per-layer gate sites only refine themselves with
+    it (:func:`following_norm`, :func:`~neuroplastic.gates.links.chain_links`)."""
+    return fx_trace(model)
+
+
+def following_norm(model: nn.Module, layer: str, graph: torch.fx.Graph | TraceFailure | None = None) -> str | None:
     """Name of the BatchNorm that directly (and only) consumes ``layer``'s output, if any.
 
-    Found with ``torch.fx``; for models that cannot be traced, the next module in registration order
-    is used when it is a BatchNorm of the right width, with a warning.
+    Found in ``graph`` (traced here when None); for a model that cannot be traced (``graph`` is a
+    :class:`TraceFailure`), the next module in registration order is taken when it is a BatchNorm of the
+    right width (the caller warns once that the trace failed).
     """
-    module = dict(model.named_modules())[layer]
-    width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
     modules = dict(model.named_modules())
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception as exc:  # noqa: BLE001 - any tracing failure falls back, loudly
+    module = modules[layer]
+    width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    if graph is None:
+        graph = model_graph(model)
+    if isinstance(graph, TraceFailure):
         names = list(modules)
         nxt = names[names.index(layer) + 1] if names.index(layer) + 1 < len(names) else None
         if nxt is not None and isinstance(modules[nxt], NORMS) and modules[nxt].num_features == width:
-            warnings.warn(
-                f"model is not traceable by torch.fx ({type(exc).__name__}); assuming BatchNorm {nxt!r} "
-                f"follows {layer!r} because it is registered next",
-                stacklevel=3,
-            )
             return nxt
         return None
     for node in graph.nodes:
@@ -207,29 +211,48 @@ def following_norm(model: nn.Module, layer: str) -> str | None:
     return None
 
 
-def make_site(model: nn.Module, layer: str, side: str) -> GateSite:
-    """Build (but do not attach) the gate site for ``layer``'s ``side`` units."""
+def parse_side(layer: str, side: str) -> tuple[str, int]:
+    """``"out"`` / ``"in"``, optionally ``":<block>"`` (e.g. ``"in:16"``: one gate per block of 16
+    consecutive features, such as an attention head's slice of the output projection's input), as
+    ``(side, block)``."""
+    if not isinstance(side, str):
+        raise ValueError(f"gate side for {layer!r} must be a string 'out' | 'in' (optionally ':<block>'), got {side!r}")
+    name, _, block = side.partition(":")
+    if name not in SIDES or (block and not (block.isdigit() and int(block) > 0)):
+        raise ValueError(f"gate side for {layer!r} must be one of {SIDES}, optionally with ':<block size>' "
+                         f"(e.g. 'in:64' gates blocks of 64 input features), got {side!r}")
+    return name, int(block or 1)
+
+
+def make_site(model: nn.Module, layer: str, side: str, graph: torch.fx.Graph | TraceFailure | None = None) -> GateSite:
+    """Build (but do not attach) the gate site for ``layer``'s ``side`` units (see :func:`parse_side`).
+
+    ``graph`` (:func:`model_graph`, traced here when None) only places an out-gate after a BatchNorm
+    that follows the layer; an untraceable model gets the site all the same.
+    """
     layers = weighted_layers(model)
     if layer not in layers:
         raise ValueError(f"cannot gate {layer!r}: not a Linear/Conv2d of the model; gateable layers: {list(layers)}")
-    if side not in SIDES:
-        raise ValueError(f"gate side for {layer!r} must be one of {SIDES}, got {side!r}")
+    side, block = parse_side(layer, side)
     module = layers[layer]
     w = module.weight
+    width = w.shape[0] if side == "out" else w.shape[1]
+    if width % block:
+        raise ValueError(f"cannot gate {layer!r} in blocks of {block}: its {width} {side}put units are not a multiple")
     if side == "out":
-        n = w.shape[0]
-        per_unit = w[0].numel()
-        hook = following_norm(model, layer) or layer
+        per_unit = w[0].numel() * block
+        hook = following_norm(model, layer, graph) or layer
     else:
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise ValueError(f"cannot gate the inputs of grouped conv {layer!r}: gate its producer's outputs")
-        n = w.shape[1]
-        per_unit = w.numel() // n
+        per_unit = w.numel() // width * block
         hook = layer
+    n = width // block
     unit_dim = -1 if isinstance(module, nn.Linear) else 1
     gates = UnitGates(n, unit_dim).to(device=w.device, dtype=w.dtype)
-    where = [(layer, 0, 1)]
-    return GateSite(f"{layer}:{side}", layer, side, n, per_unit, [HookPoint(hook)], gates,
+    where = [(layer, 0, block)]
+    name = f"{layer}:{side}" if block == 1 else f"{layer}:{side}:{block}"
+    return GateSite(name, layer, side, n, per_unit, [HookPoint(hook, 0, block)], gates,
                     writes=where if side == "out" else [], reads=where if side == "in" else [])
 
 

@@ -9,6 +9,7 @@ subclasses that say how a gate is sampled and when a unit counts as open.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +25,13 @@ from neuroplastic.gates.sites import (
     detach,
     make_group_site,
     make_site,
+    model_graph,
     remove_hooks,
     weighted_layers,
 )
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import count_weights, layer_flops
+from neuroplastic.structure.trace import TraceFailure
 
 
 def split_param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -80,13 +83,24 @@ class UnitGateMethod(CapacityMethod):
         example_input: torch.Tensor | Sequence[int] | None = None,
     ) -> None:
         super().__init__(model)
+        graph = model_graph(model)  # traced once; per-layer gates only refine themselves with it
         if gates == "groups":
             self.sites = _group_sites(model, include, exclude, example_input)
         else:
             placement = _placement(model, gates, include, exclude)
-            self.sites = [make_site(model, layer, side) for layer, side in placement.items()]
+            self.sites = [make_site(model, layer, side, graph) for layer, side in placement.items()]
+            if isinstance(graph, TraceFailure):
+                warnings.warn(
+                    f"{type(self).__name__}: {graph}. Per-layer gates train without the trace, but a closed "
+                    "unit then only closes its own layer's weights, not the input weights of the layer that "
+                    "reads it (architecture()['params'] and live_flops may count those), and a BatchNorm is "
+                    "taken to follow a gated layer when it is registered right after it with the same width. "
+                    "gates='groups', compact() and PhysicalNPN need the trace (plain_model() exports without "
+                    "it); make the forward traceable to get them",
+                    stacklevel=3,
+                )
         self.lam = self.per_site("lam", lam, float)
-        self._links = chain_links(model)
+        self._links = chain_links(model, graph)
 
     def _attach_all(self) -> None:
         for site in self.sites:
@@ -207,20 +221,15 @@ class UnitGateMethod(CapacityMethod):
         return (site.gates.phi.detach() > 0).to(site.gates.phi.dtype)
 
     @torch.no_grad()
-    def compact(self, example_input: torch.Tensor) -> nn.Module:
-        """A plain ``nn.Module`` without gates and without the closed units, computing what the gated
-        model computes in evaluation mode (the model itself is left untouched).
+    def plain_model(self) -> nn.Module:
+        """A copy of the model without gates, computing what the gated model computes in evaluation mode,
+        at full width (the model itself is left untouched). Needs no ``torch.fx`` trace, so it is the
+        export for models that cannot be traced (e.g. Hugging Face models: ``save_pretrained`` it).
 
-        The evaluation gates are baked into a copy (they scale the following BatchNorm's weight and
-        bias, or the layer's rows for out-gates, and the layer's input columns for in-gates), the hooks
-        and gate parameters are removed from it, and :func:`neuroplastic.structure.compact` slices the
-        closed units out of every coupled tensor. Units that cannot be removed (the network's input
-        features, channels of a residual stream gated per layer) stay, with zero weights.
-        ``example_input`` is one batch of model input, used to trace the model and check the result.
+        The evaluation gates are baked into the copy: out-gates scale the following BatchNorm's weight
+        and bias, or the layer's rows and bias; in-gates scale the layer's input columns (so the weights
+        of a closed unit are zero); then the hooks and gate parameters are removed.
         """
-        from neuroplastic.structure import compact, trace_unit_groups
-        from neuroplastic.structure.compaction import keep_from_layer_masks
-
         plain = copy.deepcopy(self.model)
         modules = dict(plain.named_modules())
         for site in self.sites:
@@ -237,6 +246,31 @@ class UnitGateMethod(CapacityMethod):
                         if tensor is not None:
                             tensor[units] *= scale.view([-1] + [1] * (tensor.dim() - 1))
             delattr(modules[site.layer], f"npn_{site.side}")
+        return plain
+
+    @torch.no_grad()
+    def compact(self, example_input: torch.Tensor) -> nn.Module:
+        """A plain ``nn.Module`` without gates and without the closed units, computing what the gated
+        model computes in evaluation mode (the model itself is left untouched).
+
+        :meth:`plain_model` bakes the evaluation gates into a copy and
+        :func:`neuroplastic.structure.compact` slices the closed units out of every coupled tensor. Units
+        that cannot be removed (the network's input features, channels of a residual stream gated per
+        layer) stay, with zero weights. ``example_input`` is one batch of model input, used to trace the
+        model and check the result; a model ``torch.fx`` cannot trace is refused (the error names the
+        module and line that blocked the trace): export it at full width with :meth:`plain_model`.
+        """
+        from neuroplastic.errors import BadInput
+        from neuroplastic.structure import compact, trace_unit_groups
+        from neuroplastic.structure.compaction import keep_from_layer_masks
+
+        plain = self.plain_model()
+        failure = model_graph(plain)
+        if isinstance(failure, TraceFailure):
+            raise BadInput(f"compact() needs a torch.fx trace to find the tensors to slice: {failure}. Make the "
+                           "forward traceable, or export at full width without the trace: plain_model() gives "
+                           "the model without gates, closed units' weights zero (save its state_dict, or "
+                           "save_pretrained a Hugging Face model)")
         opened = {name: out for name, (_, out) in self.layer_open_masks().items()}
         groups = trace_unit_groups(plain, example_input)
         return compact(plain, keep_from_layer_masks(groups, opened), example_input, groups=groups)

@@ -197,6 +197,8 @@ class PhysicalNPN(NPN):
 
     def _site_group(self, site) -> tuple[UnitGroup, int] | str:
         """The group holding ``site``'s units and the site units per group unit, or why there is none."""
+        if site.hooks[0].repeat != 1 and site.side != "group":
+            return f"{site.name} gates blocks of {site.hooks[0].repeat} features, not units"
         if site.side == "group":  # one gate for the whole traced group, residual streams included
             candidates = [g for g in self._groups if g.name == site.layer]
             repeat = 1

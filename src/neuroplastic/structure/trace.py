@@ -115,12 +115,73 @@ class _Groups:
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: tuple[type[nn.Module], ...]) -> None:
+    """A ``torch.fx`` tracer that keeps ``leaves`` as leaf modules and remembers the modules it is inside
+    of, so that a failed trace can name the module whose forward blocked it."""
+
+    def __init__(self, leaves: tuple[type[nn.Module], ...] = ()) -> None:
         super().__init__()
         self.leaves = leaves
+        self.inside: list[str] = []  # qualified names of the modules being traced, outermost first
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
+        try:
+            name = self.path_of_module(m)
+        except NameError:  # a module that is not a submodule of the traced one
+            name = type(m).__name__
+        self.inside.append(name)
+        result = super().call_module(m, forward, args, kwargs)
+        self.inside.pop()  # left in place when the module's forward raised: the failure names it
+        return result
+
+
+@dataclass(frozen=True)
+class TraceFailure:
+    """Why ``torch.fx`` could not trace a model: the innermost module being traced (``""`` for the model's
+    own forward), the user-code line it stopped at (when known) and the error."""
+
+    model: str
+    module: str
+    line: str
+    error: str
+
+    def __str__(self) -> str:
+        where = f"module {self.module!r}" if self.module else f"{self.model}.forward"
+        line = f" at {self.line}" if self.line else ""
+        return f"torch.fx cannot trace {self.model}: blocked in {where}{line}: {self.error}"
+
+
+def fx_trace(model: nn.Module, leaves: tuple[type[nn.Module], ...] = ()) -> fx.Graph | TraceFailure:
+    """Trace ``model`` with ``torch.fx`` (``leaves``: extra leaf module types), or say what blocked it.
+
+    A forward that branches on tensor values (``if x.sum() > 0:``), calls into C code with a proxy or
+    takes ``**kwargs`` (many Hugging Face models) cannot be traced; the :class:`TraceFailure` names the
+    module and the source line of the model's code where the trace stopped.
+    """
+    tracer = _Tracer(leaves)
+    try:
+        return tracer.trace(model)
+    except Exception as err:  # noqa: BLE001 - any failure of the tracer is reported, not raised
+        return TraceFailure(type(model).__name__, tracer.inside[-1] if tracer.inside else "",
+                            _user_line(err), f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+
+
+def _user_line(err: BaseException) -> str:
+    """``file:line (function): source`` of the innermost traceback frame outside torch and this package's
+    tracing code (the model's own code), or ``""``."""
+    import linecache
+    import os.path
+    import traceback
+
+    skip = (os.path.dirname(torch.__file__), __file__)
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(skip)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    source = (f.line or linecache.getline(f.filename, f.lineno or 0)).strip()
+    return f"{os.path.basename(f.filename)}:{f.lineno} ({f.name}): {source}"
 
 
 def _numel(node: fx.Node) -> int:
@@ -164,12 +225,11 @@ def trace_unit_groups(
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         raise TypeError("example_input must be a tensor or a tuple of tensors")
     leaves = PASSTHROUGH_MODULES + tuple(passthrough)
-    try:
-        graph = _Tracer(leaves).trace(model)
-    except fx.proxy.TraceError as err:
-        raise BadInput(f"{type(model).__name__} cannot be traced into unit groups (torch.fx): {err}; its forward "
-                       "must not branch on tensor values (compaction, gates='groups' and PhysicalNPN need the "
-                       "trace)") from err
+    graph = fx_trace(model, leaves)
+    if isinstance(graph, TraceFailure):
+        raise BadInput(f"{graph}. Unit groups need this trace (compaction, gates='groups', PhysicalNPN): make "
+                       "the forward traceable (no Python branching on tensor values), or use per-layer gates "
+                       "(gates={layer: 'out' | 'in'}), which train without it (docs/npn.md)")
     gm = fx.GraphModule(model, graph)
     was_training = model.training
     model.eval()
