@@ -71,8 +71,8 @@ def test_missing_or_unknown_data_set_exits_2(capsys, tmp_path):
     # the data layer's message is one message over several lines (it lists the missing files)
     assert code == 2 and err.startswith("neuroplastic run: error: ") and "data_batch_1" in err
     assert "Traceback" not in err
-    code, _, err = _main(capsys, "run", "dense-mnist-lenet5", "data.name=imagenet", "--out", str(tmp_path / "run"))
-    assert code == 2 and "unknown data set 'imagenet'" in err
+    code, _, err = _main(capsys, "run", "dense-mnist-lenet5", "data.name=svhn", "--out", str(tmp_path / "run"))
+    assert code == 2 and "unknown data set 'svhn'" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -169,8 +169,10 @@ def test_every_shipped_recipe_constructs(name):
     recipe = resolve(name, ["epochs_scale=0.1"])
     assert recipe["description"] and recipe["name"] == name
     method_class(recipe["method"]["name"])  # every shipped recipe names a method of this build
-    # shapes of the data sets without reading them (the moons points are 100-D vectors)
-    spec = DATASETS.get(recipe["data"]["name"], SimpleNamespace(num_classes=2, input_shape=(100,)))
+    # shapes of the data sets without reading them (the moons points are 100-D vectors; ImageNet is a folder)
+    imagenet = SimpleNamespace(num_classes=1000, input_shape=(3, 224, 224))
+    spec = DATASETS.get(recipe["data"]["name"], imagenet if recipe["data"]["name"] == "imagenet"
+                        else SimpleNamespace(num_classes=2, input_shape=(100,)))
     torch.manual_seed(0)
     model = runner.build_model(recipe, spec)
     dense_flops = count_flops(model, spec.input_shape)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ _CIFAR10_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
 _CIFAR10_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
 # RandomCrop(32, padding=4) with zero padding + horizontal flip; MNIST-like sets get none.
 _CIFAR_AUGMENT = (("crop_padding", 4), ("padding_mode", "zeros"), ("hflip", True))
+
+if TYPE_CHECKING:
+    from neuroplastic.data.imagenet import ImageFolderSplits
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -142,7 +146,9 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    return sorted([*DATASETS, "moons", "moons-vat"])
+    from neuroplastic.data.imagenet import IMAGE_FOLDER_DATASETS
+
+    return sorted([*DATASETS, "moons", "moons-vat", *IMAGE_FOLDER_DATASETS])
 
 
 @dataclass
@@ -235,14 +241,17 @@ def load_dataset(
     seed: int = 0,
     device: torch.device | str = "cpu",
     download: bool = True,
-) -> DataSplits:
+) -> DataSplits | ImageFolderSplits:
     """Load a named data set, carve a seeded validation split from its training set, move it to ``device``.
 
     Parameters
     ----------
     name
         One of ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``cifar10-subset``, ``moons``
-        (generated, see :mod:`neuroplastic.data.moons`), ``moons-vat`` (the paper's file).
+        (generated, see :mod:`neuroplastic.data.moons`), ``moons-vat`` (the paper's file), ``imagenet``
+        (the standard folder layout, never downloaded: an
+        :class:`~neuroplastic.data.imagenet.ImageFolderSplits` of file lists whose loaders decode per
+        batch on the CPU; ``device`` is not used, see :mod:`neuroplastic.data.imagenet`).
     data_dir
         The data directory; default ``$NEUROPLASTIC_DATA``, else ``~/.cache/neuroplastic``. Files are
         expected in the usual download layout below it (e.g. ``MNIST/raw/``, ``cifar-10-batches-py/``).
@@ -267,10 +276,13 @@ def load_dataset(
     DataFileError
         A file cannot be read as what it should be (truncated, corrupt).
     """
+    from neuroplastic.data.imagenet import IMAGE_FOLDER_DATASETS, load_image_folder
     from neuroplastic.data.moons import MOONS_DATASETS, load_moons_dataset
 
     if name in MOONS_DATASETS:
         return load_moons_dataset(name, data_dir, val_size, seed, device)
+    if name in IMAGE_FOLDER_DATASETS:
+        return load_image_folder(name, data_dir, val_size, seed)
     if name not in DATASETS:
         raise BadInput(f"unknown data set {name!r}; allowed names: {', '.join(list_datasets())}")
     spec = DATASETS[name]

@@ -143,29 +143,35 @@ class CifarResNet(nn.Module):
             raise BadInput(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
         if block not in BLOCKS:
             raise BadInput(f"block must be one of {tuple(BLOCKS)}, got {block!r}")
-        block_class = BLOCKS[block]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
-        channels = widths[0]
-        for i, (n, width) in enumerate(zip(blocks, widths, strict=True)):
-            layers = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(block_class(channels, width, stride, shortcut))
-                channels = width * block_class.expansion
-            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
-        self.num_stages = len(blocks)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(channels, num_classes)
-        kaiming_init(self)
+        add_stages(self, blocks, widths, BLOCKS[block], shortcut, num_classes)
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(self.flatten(self.avgpool(x)))
+
+
+def add_stages(model: nn.Module, blocks: Sequence[int], widths: Sequence[int],
+               block_class: type[BasicBlock] | type[Bottleneck], shortcut: str, num_classes: int) -> None:
+    """Register ``layer1..layerK`` (stage ``i > 0`` starts with stride 2), ``avgpool``, ``flatten`` and
+    ``fc`` on ``model`` after its stem of ``widths[0]`` channels, then apply :func:`kaiming_init`."""
+    channels = widths[0]
+    for i, (n, width) in enumerate(zip(blocks, widths, strict=True)):
+        layers = []
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            layers.append(block_class(channels, width, stride, shortcut))
+            channels = width * block_class.expansion
+        model.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+    model.num_stages = len(blocks)
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.flatten = nn.Flatten()
+    model.fc = nn.Linear(channels, num_classes)
+    kaiming_init(model)
 
 
 def _cifar_resnet(depth: int, num_classes: int, in_channels: int, shortcut: str) -> CifarResNet:
