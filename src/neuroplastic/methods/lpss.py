@@ -351,7 +351,13 @@ class LpSS(CapacityMethod):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (after the optimizer's own ``load_state_dict``)."""
+        """Restore :meth:`state_dict` output and hand the masks to the optimizer again.
+
+        Call it before the model's and the optimizer's own ``load_state_dict``, as
+        :func:`neuroplastic.train.fit` does (method, model, optimizers): the masks live in the optimizer by
+        parameter, not in its state, and the loads that follow replace the weights and the dual state
+        ``_attach`` wrote. ``tests/test_faults.py`` resumes a killed LpSS run bit for bit this way; loading
+        the model first does not."""
         super().load_state_dict(state)
         self.steps = int(state["steps"])
         self.controller.load_state_dict(state["controller"])
