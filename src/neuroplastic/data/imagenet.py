@@ -46,6 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from neuroplastic.data.augment import horizontal_flip, normalize
 from neuroplastic.data.datasets import split_indices
 from neuroplastic.data.download import resolve_data_dir
+from neuroplastic.data.loader import EpochPlanResume
 from neuroplastic.errors import BadInput, DataFileError, DatasetNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -204,7 +205,7 @@ def _check_range(name: str, value: Sequence[float]) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
-class ImageFolderLoader:
+class ImageFolderLoader(EpochPlanResume):
     """Iterate over ``(x, y)`` batches of images decoded from files, one batch at a time (CPU tensors).
 
     Parameters
@@ -330,14 +331,7 @@ class ImageFolderLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of batches (an unfinished epoch counts as done, unless it came from a loaded state)."""
-        if self._resume:
-            self._resume = False
-            self.generator.set_state(self._start_state)
-        else:
-            if self._position > 0:  # the previous epoch was broken off; its draws are spent
-                self.epoch += 1
-                self._position = 0
-            self._start_state = self.generator.get_state()
+        self._begin_epoch()
         plan = self._draw_plan()
         todo = range(self._position, len(self))
         shares = [self._share(plan, b) for b in todo]
@@ -352,30 +346,6 @@ class ImageFolderLoader:
             yield batch
         self.epoch += 1
         self._position = 0
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue with the same batches: epoch, position, generator state."""
-        mid_epoch = self._position > 0
-        return {
-            "epoch": self.epoch,
-            "position": self._position,
-            "generator": (self._start_state if mid_epoch else self.generator.get_state()).clone(),
-            "num_examples": self.dataset_size,
-            "batch_size": self.batch_size,
-            "shuffle": self.shuffle,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a state from :meth:`state_dict`; the next iteration continues where it stopped."""
-        for key in ("num_examples", "batch_size", "shuffle"):
-            mine = self.dataset_size if key == "num_examples" else getattr(self, key)
-            if state[key] != mine:
-                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {mine!r}")
-        self.epoch = int(state["epoch"])
-        self._position = int(state["position"])
-        self._start_state = state["generator"].clone()
-        self.generator.set_state(state["generator"].clone())
-        self._resume = self._position > 0
 
 
 def default_workers() -> int:

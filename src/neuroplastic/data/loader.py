@@ -20,7 +20,49 @@ from neuroplastic.data.augment import PADDING_MODES, cutout, horizontal_flip, no
 from neuroplastic.errors import BadInput
 
 
-class TensorLoader:
+class EpochPlanResume:
+    """The resume bookkeeping of a loader that draws each epoch's plan from its own ``generator``:
+    ``epoch``, ``_position`` (batches given in the epoch in progress) and the generator state at the
+    epoch's start. Subclasses set ``generator``, ``batch_size``, ``shuffle``, ``dataset_size`` and call
+    :meth:`_begin_epoch` before drawing an epoch's plan."""
+
+    def _begin_epoch(self) -> None:
+        """Restore the loaded epoch's start, or start a new epoch (an unfinished one counts as done)."""
+        if self._resume:
+            self._resume = False
+            self.generator.set_state(self._start_state)
+        else:
+            if self._position > 0:  # the previous epoch was broken off; its draws are spent
+                self.epoch += 1
+                self._position = 0
+            self._start_state = self.generator.get_state()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue with the same batches: epoch, position, generator state."""
+        mid_epoch = self._position > 0
+        return {
+            "epoch": self.epoch,
+            "position": self._position,
+            "generator": (self._start_state if mid_epoch else self.generator.get_state()).clone(),
+            "num_examples": self.dataset_size,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict`; the next iteration continues where it stopped."""
+        for key in ("num_examples", "batch_size", "shuffle"):
+            mine = self.dataset_size if key == "num_examples" else getattr(self, key)
+            if state[key] != mine:
+                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {mine!r}")
+        self.epoch = int(state["epoch"])
+        self._position = int(state["position"])
+        self._start_state = state["generator"].clone()
+        self.generator.set_state(state["generator"].clone())
+        self._resume = self._position > 0
+
+
+class TensorLoader(EpochPlanResume):
     """Iterate over ``(x, y)`` batches of tensors that already live on the training device.
 
     Parameters
@@ -172,14 +214,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of batches (an unfinished epoch counts as done, unless it came from a loaded state)."""
-        if self._resume:
-            self._resume = False
-            self.generator.set_state(self._start_state)
-        else:
-            if self._position > 0:  # the previous epoch was broken off; its draws are spent
-                self.epoch += 1
-                self._position = 0
-            self._start_state = self.generator.get_state()
+        self._begin_epoch()
         plan = self._draw_plan()
         for b in range(self._position, len(self)):
             batch = self._batch(plan, b)
@@ -188,26 +223,3 @@ class TensorLoader:
         self.epoch += 1
         self._position = 0
 
-    def state_dict(self) -> dict:
-        """Everything needed to continue with the same batches: epoch, position, generator state."""
-        mid_epoch = self._position > 0
-        return {
-            "epoch": self.epoch,
-            "position": self._position,
-            "generator": (self._start_state if mid_epoch else self.generator.get_state()).clone(),
-            "num_examples": len(self.x),
-            "batch_size": self.batch_size,
-            "shuffle": self.shuffle,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a state from :meth:`state_dict`; the next iteration continues where it stopped."""
-        for key in ("num_examples", "batch_size", "shuffle"):
-            mine = len(self.x) if key == "num_examples" else getattr(self, key)
-            if state[key] != mine:
-                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {mine!r}")
-        self.epoch = int(state["epoch"])
-        self._position = int(state["position"])
-        self._start_state = state["generator"].clone()
-        self.generator.set_state(state["generator"].clone())
-        self._resume = self._position > 0
