@@ -64,10 +64,11 @@ def mnist() -> Mnist:
     return _CACHE["mnist"]
 
 
-def loader(x: torch.Tensor, y: torch.Tensor) -> torch.utils.data.DataLoader:
+def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = BATCH) -> torch.utils.data.DataLoader:
     """The batches every loop sees, in this order, every epoch (a DataLoader without shuffling, whose
-    iterators draw from the global generator as the frameworks' do)."""
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    iterators draw from the global generator as the frameworks' do); a process of an N-process run loads
+    ``BATCH // N`` examples per step, so that the N processes together take one ``BATCH``."""
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
 @dataclass

@@ -8,42 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'neuroplastic[lightning]')")
 
 import lightning as L  # noqa: E402
 
 import integration_setups as S  # noqa: E402
-from neuroplastic.integrations.lightning import CapacityCallback, capacity_step  # noqa: E402
-
-
-class Classifier(L.LightningModule):
-    """A LightningModule as users write one: ``make_optimizers(net)`` gives the optimizers and per-step
-    schedules; with ``manual`` the step is handed to the method (``capacity_step``)."""
-
-    def __init__(self, net, make_optimizers, manual: bool) -> None:
-        super().__init__()
-        self.net = net
-        self.make_optimizers = make_optimizers
-        self.automatic_optimization = not manual
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        if not self.automatic_optimization:
-            return capacity_step(self, x, y)
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        optimizers, schedules = self.make_optimizers(self.net)
-        return optimizers, [{"scheduler": s, "interval": "step"} for s in schedules]
+from lightning_setups import Classifier  # noqa: E402
+from neuroplastic.integrations.lightning import CapacityCallback  # noqa: E402
 
 
 def trainer(epochs: int, callbacks: list, **kwargs) -> L.Trainer:

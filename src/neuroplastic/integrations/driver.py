@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.train.distributed import lift_ddp_ignores
 
 Events = list[dict[str, Any]]
 
@@ -126,14 +127,16 @@ class MethodDriver:
             raise ValueError(f"the {self.method.name!r} method's model is not part of the {where} being trained "
                              f"({len(missing)} of its parameters are not, e.g. {missing[0]!r}): build the method "
                              f"on the network the {where} holds, not on a copy")
+        lift_ddp_ignores(model)  # DDP wraps the framework's module, not the method's model
 
-    def check_world(self, world_size: int) -> None:
-        """Refuse what these integrations do not do yet: a model that changes shape under several processes
-        (the DDP wrapper would keep reducing the old parameters)."""
-        if self.method.resizes_model and world_size > 1:
-            raise ValueError(f"method {self.method.name!r} changes the model's shapes during training, which the "
-                             f"integrations support on one process only (got world_size={world_size}); train it "
-                             f"with one process, or with neuroplastic.train.fit")
+    def check_world(self, world_size: int, *, rewraps: bool = False) -> None:
+        """Refuse a model that changes shape under several processes unless the framework's DDP wrapper is
+        built again after every resize (``rewraps``): the old wrapper would keep reducing the old
+        parameters."""
+        if self.method.resizes_model and world_size > 1 and not rewraps:
+            raise ValueError(f"method {self.method.name!r} changes the model's shapes during training, which this "
+                             f"integration supports on one process only (got world_size={world_size}); train it "
+                             f"with one process, with Lightning's strategy='ddp', or with neuroplastic.train.fit")
 
     def bind(self, optimizers: Iterable[Any], schedules: Sequence[Any] = ()) -> None:
         """``method.bind_optimizers`` with the framework's optimizers (unwrapped) and per-step schedules."""

@@ -35,6 +35,12 @@ method's own ``load_state_dict`` pre-hook as the weights load, and ``configure_o
 calls after that) builds the optimizers on the resized parameters. So build optimizers in
 ``configure_optimizers`` from ``self.parameters()``; methods that take the optimizer at construction
 (LpSS, IterativePruning) build it in ``__init__`` and return it there.
+
+Several processes (``strategy="ddp"``): every process takes the same decisions. The monitored validation
+loss and step-wise expansion checks are averaged over the processes' shares of the validation data, NPN's
+gate logits stay out of DDP's reduction (their gradient is NPN's own estimate, averaged over processes),
+``capacity_step`` prepares DDP's reduction for the pass the method back-propagates, and the module is
+wrapped again after a resize.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from neuroplastic.integrations.driver import DriverView, MethodDriver, scalars
 from neuroplastic.methods.base import CapacityMethod
@@ -51,6 +58,7 @@ from neuroplastic.train.step import train_step, training_criterion
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("neuroplastic.integrations.lightning needs Lightning: pip install 'neuroplastic[lightning]'"
                       ) from err
@@ -85,12 +93,13 @@ class CapacityCallback(DriverView, pl.Callback):
         self._global_step = 0  # trainer.global_step when the batch started
         self._stepped_by_helper = False  # capacity_step ran this batch's step (and method.step())
         self._step_schedules: list[Any] | None = None
+        self._wrapped_ids: tuple[int, ...] = ()  # the parameters the DDP wrapper was built on
 
     # -- set-up ----------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.driver.attach(pl_module, "LightningModule")
         if stage == "fit":
-            self.driver.check_world(trainer.world_size)
+            self.driver.check_world(trainer.world_size, rewraps=isinstance(trainer.strategy, DDPStrategy))
         if self.method.resizes_model:
             # a checkpoint's weights may resize the model before configure_optimizers has run
             self.method.bind_optimizers([])
@@ -113,6 +122,7 @@ class CapacityCallback(DriverView, pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.driver.restore()  # trainer.validate(ckpt_path=...): no optimizers to wait for
+        self._rewrap(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.driver.restore()
@@ -128,6 +138,7 @@ class CapacityCallback(DriverView, pl.Callback):
                              batch_idx: int) -> None:
         self._global_step = trainer.global_step
         self._stepped_by_helper = False
+        self._rewrap(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -153,10 +164,23 @@ class CapacityCallback(DriverView, pl.Callback):
         record = self.driver.history[-1] if self.driver.history else None
         if record is not None and record["epoch"] == trainer.current_epoch:
             pl_module.log_dict(scalars({k: v for k, v in record.items() if k not in ("epoch", "step", "val_loss")},
-                                       self.log_prefix), on_step=False, on_epoch=True)
+                                       self.log_prefix), on_step=False, on_epoch=True,
+                               sync_dist=trainer.world_size > 1)  # the same on every process
+
+    def _rewrap(self, trainer: pl.Trainer) -> None:
+        """Wrap the LightningModule in DistributedDataParallel again when the method replaced parameters
+        since the wrapper was built (PhysicalNPN's resizes): the old wrapper reduces the old parameters."""
+        if not self.method.resizes_model or not isinstance(trainer.strategy.model, DistributedDataParallel):
+            return
+        ids = tuple(id(p) for p in trainer.strategy.model.module.parameters())
+        if self._wrapped_ids and ids != self._wrapped_ids:
+            trainer.strategy.model = trainer.strategy._setup_model(trainer.strategy.model.module)
+        self._wrapped_ids = ids
 
     def _end_epoch(self, trainer: pl.Trainer) -> None:
         value = trainer.callback_metrics.get(self.monitor) if self.monitor is not None else None
+        if value is not None and trainer.world_size > 1:  # each process validated its share: decide on the mean
+            value = trainer.strategy.reduce(torch.as_tensor(value, dtype=torch.float64), reduce_op="mean")
         hint = (f"log it as {self.monitor!r} in validation_step, or pass CapacityCallback(monitor=...); logged: "
                 f"{sorted(trainer.callback_metrics)}")
         self.driver.end_epoch(None if value is None else float(value), hint=hint)
@@ -179,7 +203,8 @@ class CapacityCallback(DriverView, pl.Callback):
                                      f"{self.method.expand_every} steps on the validation loss: give the Trainer "
                                      "one validation dataloader")
                 criterion = self.criterion or torch.nn.CrossEntropyLoss()
-                built.append(expansion_check(pl_module, self.method, loaders, criterion))
+                built.append(expansion_check(pl_module, self.method, loaders, criterion,
+                                             all_processes=trainer.world_size > 1))  # a shard per process
             return built[0](step)
 
         return check
@@ -221,7 +246,14 @@ def capacity_step(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor,
     optimizers = module.optimizers()
     optimizers = list(optimizers) if isinstance(optimizers, list | tuple) else [optimizers]
     loss_fn = training_criterion(method.closure_kind, criterion or callback.criterion)
-    loss, _ = train_step(module, method, optimizers, callback._step_schedules, x, y, loss_fn)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        out = module(inputs)
+        if torch.is_grad_enabled():  # a pass the method back-propagates: under DDP the reducer must expect it,
+            trainer.strategy.pre_backward(out)  # as manual_backward would have it (no-op on one process)
+        return out
+
+    loss, _ = train_step(module, method, optimizers, callback._step_schedules, x, y, loss_fn, forward=forward)
     callback._stepped_by_helper = True
     callback.driver.optimizer_stepped(method_step=False)  # train_step ran method.step()
     return loss

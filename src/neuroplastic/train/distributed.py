@@ -60,3 +60,17 @@ def barrier() -> None:
     """Wait for every process (no-op outside a process group)."""
     if world()[1] > 1:
         dist.barrier()
+
+
+def lift_ddp_ignores(root: nn.Module) -> list[str]:
+    """Make the parameters that submodules of ``root`` keep out of DistributedDataParallel (their
+    ``_ddp_params_and_buffers_to_ignore``, as NPN sets on the model it gates) known to ``root`` by their
+    names in ``root``, since DDP reads only the wrapped module's list; a framework wraps ``root`` (a
+    LightningModule, a Trainer's model) rather than the model the method gated. Returns ``root``'s list."""
+    names = set(getattr(root, "_ddp_params_and_buffers_to_ignore", []))
+    for prefix, module in root.named_modules():
+        if module is not root:
+            names |= {f"{prefix}.{name}" for name in getattr(module, "_ddp_params_and_buffers_to_ignore", [])}
+    if names:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(root, sorted(names))
+    return sorted(names)

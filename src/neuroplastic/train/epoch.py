@@ -88,16 +88,18 @@ def train_epoch(
     return EpochResult(float(loss_sum) / n, int(correct) / n, step, events)
 
 
-def expansion_check(model: nn.Module, method: CapacityMethod, val_loader: Any,
-                    criterion: Callable) -> Callable[[int], list[dict[str, Any]]] | None:
+def expansion_check(model: nn.Module, method: CapacityMethod, val_loader: Any, criterion: Callable, *,
+                    all_processes: bool = False) -> Callable[[int], list[dict[str, Any]]] | None:
     """For a method with ``expand_every``: a function of the global step that, every ``expand_every``
     steps, evaluates the first ``method.expand_val_batches`` validation batches (all when None) and
-    returns the events of ``method.check_expansion`` (each with its ``step``); None for other methods."""
+    returns the events of ``method.check_expansion`` (each with its ``step``); None for other methods.
+    ``all_processes``: each process's loader holds its share of the validation data, and the decision is
+    taken on the mean over all of them (:func:`~neuroplastic.train.evaluate.evaluate`)."""
     n_batches = method.expand_val_batches
 
     def val_loss() -> float:
         batches = val_loader if n_batches is None else itertools.islice(val_loader, n_batches)
-        return evaluate(model, batches, criterion)[0]
+        return evaluate(model, batches, criterion, all_processes=all_processes)[0]
 
     return step_expansion_check(method, val_loss)
 

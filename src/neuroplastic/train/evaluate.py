@@ -8,12 +8,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuroplastic.train.distributed import world
+
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, criterion: Callable | None = None) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: Any, criterion: Callable | None = None, *,
+             all_processes: bool = False) -> tuple[float, float]:
     """Mean loss and accuracy (0-1) of ``model`` in eval mode over ``loader``; training mode restored.
 
-    Eval mode makes NPN gates deterministic and BatchNorm use its running statistics.
+    Eval mode makes NPN gates deterministic and BatchNorm use its running statistics. With
+    ``all_processes`` every process of the ``torch.distributed`` group evaluates its share of the data
+    (a framework's distributed sampler) and all get the mean over all the shares (a collective: every
+    process must call it); outside a group it changes nothing.
     """
     criterion = criterion or nn.CrossEntropyLoss()
     device = device_of(model)
@@ -31,6 +37,11 @@ def evaluate(model: nn.Module, loader: Any, criterion: Callable | None = None) -
             n += len(y)
     finally:
         model.train(was_training)
+    if all_processes and world()[1] > 1:
+        totals = torch.stack([total_loss, correct.double(), torch.tensor(float(n), dtype=torch.float64,
+                                                                         device=device)])
+        torch.distributed.all_reduce(totals)
+        total_loss, correct, n = totals[0], totals[1], int(totals[2])
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     return float(total_loss) / n, int(correct) / n
