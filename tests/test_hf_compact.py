@@ -156,3 +156,34 @@ def test_gates_the_declared_groups_do_not_cover_are_refused():
         npn.compact(batch(0))
     with pytest.raises(BadInput, match=r"bert_unit_groups found no BERT-style block in Sequential"):
         bert_unit_groups(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+@pytest.mark.parametrize("kind", ["Roberta", "Electra"])
+def test_models_built_like_bert_compact_the_same_way(kind):
+    """RoBERTa and ELECTRA blocks have BERT's module names: bert_unit_groups finds them and the compact model
+    computes the gated logits, with every other head and MLP unit gone."""
+    options = {"vocab_size": 50, "hidden_size": HIDDEN, "num_hidden_layers": 2, "num_attention_heads": HEADS,
+               "intermediate_size": UNITS, "max_position_embeddings": 40, "num_labels": 2}
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{kind}ForSequenceClassification")(getattr(transformers, f"{kind}Config")(**options))
+    groups = bert_unit_groups(model)
+    gates = {}
+    for group in groups:  # out-gates on the MLP units, one in-gate per head on the attention output
+        if group.name.endswith("intermediate.dense"):
+            gates[group.name] = "out"
+        else:
+            gates[group.consumers[0].module] = f"in:{HEAD_DIM}"
+    assert len(gates) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        npn = neuroplastic.NPN(model, gates=gates)
+    with torch.no_grad():
+        for site in npn.sites:
+            site.gates.phi[::2] = -1.0
+    model.eval()
+    x = batch(4)
+    x["input_ids"] = x["input_ids"].clamp(min=3)  # clear of RoBERTa's padding token
+    small = npn.compact(x, groups=groups)
+    assert [g.size for g in bert_unit_groups(small)] == [g.size // 2 for g in groups]
+    with torch.no_grad():
+        assert torch.allclose(small(**x).logits, model(**x).logits, atol=1e-5, rtol=0)
