@@ -242,6 +242,29 @@ def compact_input_group(ctx):
     compact(mlp(), {"input_1": torch.tensor([0, 1])}, X)
 
 
+def fc1_group(consumer: str = "fc2"):
+    """The fc1 -> ``consumer`` units of :class:`Branchy`, declared by hand (it cannot be traced)."""
+    from neuroplastic.structure import UnitGroup, UnitRef
+
+    return UnitGroup("fc1", 8, producers=[UnitRef("fc1", 0, "linear")], consumers=[UnitRef(consumer, 1, "linear")])
+
+
+def compact_uncovered_gate(ctx):
+    _npn(Branchy(), gates={"fc1": "in"}).compact(X, groups=[fc1_group()])
+
+
+def compact_declared_group_off_the_model(ctx):
+    from neuroplastic.structure import compact
+
+    compact(Branchy(), {"fc1": [0, 1]}, X, groups=[fc1_group("fc9")])
+
+
+def bert_groups_of_an_mlp(ctx):
+    from neuroplastic.structure import bert_unit_groups
+
+    bert_unit_groups(mlp())
+
+
 ON_MOONS_LPSS = ["data.name=moons", "data.val_size=200", "model.name=mlp", "data.augment.crop_padding=0",
                  "data.augment.flip=false", "data.augment.cutout=0", "method.input_shape=[100]"]
 
@@ -422,6 +445,17 @@ CASES = [
     Case("model", "`load_compact(template, path)` with another architecture", "ValueError",
          "template has no modules ['2']: it is not the architecture that was saved",
          api(save_then_load_into(lambda: nn.Sequential(nn.Linear(6, 8))))),
+    Case("model", "`npn.compact(x, groups=...)` with a gate no declared group covers (an in-gate on fc1)",
+         "BadInput", "gate site 'fc1:in' (6 units) is not covered by the declared groups: compact(x, groups=...) "
+         "removes units gated by an out-gate on a group's producer or an in-gate on its consumer, one gate per unit "
+         "of the group (in blocks of its repeat); the groups allow 'fc1': 'out', 'fc2': 'in'",
+         api(compact_uncovered_gate)),
+    Case("model", "`compact(model, keep, x, groups=...)` with a declared member that is not in the model",
+         "BadInput", "group 'fc1': member 'fc9' (dim=1, kind='linear') is not a module of Branchy",
+         api(compact_declared_group_off_the_model)),
+    Case("model", "`bert_unit_groups(model)` of a model without BERT-style blocks", "BadInput",
+         "bert_unit_groups found no BERT-style block in Sequential: it looks for Linear layers "
+         "'<block>.intermediate.dense' -> '<block>.output.dense' (MLP units)", api(bert_groups_of_an_mlp)),
     # -- API misuse ------------------------------------------------------------------------------------------
     Case("API", "RigL: `step()` without `backward()` before it", "RuntimeError",
          "rigl grows by the gradient of '0', which has none: call step() after backward() and optimizer.step(), "

@@ -279,8 +279,9 @@ def test_hf_head_gates_close_whole_attention_heads():
 
 def test_docs_npn_on_a_transformer_runs(monkeypatch, tmp_path):
     """docs/integrations.md's NPN-on-BERT example, as written: MLP units close, the method state is in the
-    checkpoints, and the exported full-width model loads with from_pretrained and computes what the gated
-    model computes in evaluation mode."""
+    checkpoints, the exported full-width model loads with from_pretrained, and the compact one (closed units
+    sliced out through bert_unit_groups) with load_compact; both compute what the gated model computes in
+    evaluation mode."""
     scope = S.run_doc_section("NPN on a Hugging Face transformer", monkeypatch, tmp_path)
     npn, bert = scope["npn"], scope["bert"]
     assert sum(npn.architecture()["arch"]) < 2 * (64 + 2)
@@ -291,5 +292,10 @@ def test_docs_npn_on_a_transformer_runs(monkeypatch, tmp_path):
     loaded.eval()
     ids = torch.stack([t["input_ids"] for t in scope["tokens"][:8]])
     assert torch.allclose(loaded(input_ids=ids).logits, bert(input_ids=ids).logits, atol=1e-5)
+    small = scope["small"].eval()  # as load_compact rebuilt it from bert-npn-small.pt
+    widths = [g.size for g in neuroplastic.structure.bert_unit_groups(small)]
+    assert widths == [max(n, 1) for n in npn.architecture()["arch"]]  # the open units and heads, per layer
+    assert neuroplastic.count_parameters(small) < neuroplastic.count_parameters(loaded)
+    assert torch.allclose(small(input_ids=ids).logits, bert(input_ids=ids).logits, atol=1e-5)
     with pytest.raises(neuroplastic.errors.BadInput, match=r"compact\(\) needs a torch.fx trace .*plain_model"):
         npn.compact(ids)

@@ -31,6 +31,8 @@ from neuroplastic.gates.sites import (
 )
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import count_weights, layer_flops
+from neuroplastic.structure.compaction import ExampleInput
+from neuroplastic.structure.groups import UnitGroup, UnitRef
 from neuroplastic.structure.trace import TraceFailure
 
 
@@ -95,8 +97,9 @@ class UnitGateMethod(CapacityMethod):
                     "unit then only closes its own layer's weights, not the input weights of the layer that "
                     "reads it (architecture()['params'] and live_flops may count those), and a BatchNorm is "
                     "taken to follow a gated layer when it is registered right after it with the same width. "
-                    "gates='groups', compact() and PhysicalNPN need the trace (plain_model() exports without "
-                    "it); make the forward traceable to get them",
+                    "gates='groups' and PhysicalNPN need the trace, compact() the trace or declared unit groups "
+                    "(compact(x, groups=...)); plain_model() exports without either. Make the forward traceable "
+                    "to get them",
                     stacklevel=3,
                 )
         self.lam = self.per_site("lam", lam, float)
@@ -249,31 +252,50 @@ class UnitGateMethod(CapacityMethod):
         return plain
 
     @torch.no_grad()
-    def compact(self, example_input: torch.Tensor) -> nn.Module:
+    def compact(self, example_input: ExampleInput, *, groups: list[UnitGroup] | None = None) -> nn.Module:
         """A plain ``nn.Module`` without gates and without the closed units, computing what the gated
         model computes in evaluation mode (the model itself is left untouched).
 
         :meth:`plain_model` bakes the evaluation gates into a copy and
-        :func:`neuroplastic.structure.compact` slices the closed units out of every coupled tensor. Units
-        that cannot be removed (the network's input features, channels of a residual stream gated per
-        layer) stay, with zero weights. ``example_input`` is one batch of model input, used to trace the
-        model and check the result; a model ``torch.fx`` cannot trace is refused (the error names the
-        module and line that blocked the trace): export it at full width with :meth:`plain_model`.
+        :func:`neuroplastic.structure.compact` slices the closed units out of every coupled tensor; a closed
+        unit that reads as a constant (an out-gated unit after an activation with ``act(0) != 0``) is folded
+        into its consumer's bias. Units that cannot be removed (the network's input features, channels of
+        a residual stream gated per layer) stay, with zero weights; a group whose units are all closed keeps
+        one with zero outgoing weights. ``example_input`` is one batch of model input, used to check the
+        result (and to trace the model when ``groups`` is None).
+
+        ``groups``: the unit groups, declared instead of traced, for a model ``torch.fx`` cannot trace
+        (:func:`neuroplastic.structure.bert_unit_groups` declares a BERT-style transformer's MLP units and
+        attention heads); ``example_input`` may then be a mapping of keyword inputs. Every gate site must
+        gate whole units of a declared group (an out-gate on a producer, an in-gate on a consumer, in blocks
+        of the member's ``repeat``), else :class:`~neuroplastic.errors.BadInput` says which placements
+        the groups allow. A unit is removed when every producer has it closed or every consumer reads it
+        through a closed in-gate. Without ``groups``, a model ``torch.fx`` cannot trace is refused (the
+        error names the module and line that blocked the trace).
         """
         from neuroplastic.errors import BadInput
         from neuroplastic.structure import compact, trace_unit_groups
-        from neuroplastic.structure.compaction import keep_from_layer_masks
+        from neuroplastic.structure.compaction import check_groups, keep_from_layer_masks
 
         plain = self.plain_model()
-        failure = model_graph(plain)
-        if isinstance(failure, TraceFailure):
-            raise BadInput(f"compact() needs a torch.fx trace to find the tensors to slice: {failure}. Make the "
-                           "forward traceable, or export at full width without the trace: plain_model() gives "
-                           "the model without gates, closed units' weights zero (save its state_dict, or "
-                           "save_pretrained a Hugging Face model)")
-        opened = {name: out for name, (_, out) in self.layer_open_masks().items()}
-        groups = trace_unit_groups(plain, example_input)
-        return compact(plain, keep_from_layer_masks(groups, opened), example_input, groups=groups)
+        masks = self.layer_open_masks()
+        opened = {name: out for name, (_, out) in masks.items()}
+        if groups is None:
+            failure = model_graph(plain)
+            if isinstance(failure, TraceFailure):
+                raise BadInput(f"compact() needs a torch.fx trace to find the tensors to slice: {failure}. Make "
+                               "the forward traceable, or declare the unit groups (compact(x, groups=...); "
+                               "neuroplastic.structure.bert_unit_groups for a BERT-style transformer), or export "
+                               "at full width without the trace: plain_model() gives the model without gates, "
+                               "closed units' weights zero (save its state_dict, or save_pretrained a Hugging Face "
+                               "model)")
+            groups = trace_unit_groups(plain, example_input)
+            keep = keep_from_layer_masks(groups, opened)
+        else:
+            check_groups(plain, groups)
+            _check_covered(self.sites, groups)
+            keep = keep_from_layer_masks(groups, opened, {name: inp for name, (inp, _) in masks.items()})
+        return compact(plain, keep, example_input, groups=groups, fold_constants=True)
 
     def remove(self) -> None:
         """Detach every gate from the model (hooks and gate parameters): the plain model is back."""
@@ -313,3 +335,30 @@ def _placement(model, gates, include, exclude) -> dict[str, str]:
     if isinstance(gates, str):
         raise ValueError(f"gates must be 'groups', a list of layer names or a dict {{layer: side}}, got {gates!r}")
     return {layer: "out" for layer in gates}
+
+
+def _check_covered(sites: list[GateSite], groups: list[UnitGroup]) -> None:
+    """Raise :class:`~neuroplastic.errors.BadInput` unless each gate site gates whole units of one declared
+    group: every layer it writes (out-gates) is a producer of a group of ``site.n`` units, and every layer
+    it reads (in-gates) a consumer, at the same offset and in blocks of the member's ``repeat``."""
+    from neuroplastic.errors import BadInput
+
+    members = {(r.module, r.dim, r.offset, r.repeat, g.size) for g in groups for r in g.members}
+    for site in sites:
+        places = [(layer, 0, offset, repeat) for layer, offset, repeat in site.writes]
+        places += [(layer, 1, offset, repeat) for layer, offset, repeat in site.reads]
+        if places and all((*place, site.n) in members for place in places):
+            continue
+        allowed = sorted({f"{r.module!r}: {_side(r)}" for g in groups for r in g.members
+                          if r.offset == 0 and r.kind in ("linear", "conv")})
+        shown = ", ".join(allowed[:6]) + (f", ... ({len(allowed)} in all)" if len(allowed) > 6 else "")
+        raise BadInput(f"gate site {site.name!r} ({site.n} units) is not covered by the declared groups: "
+                       "compact(x, groups=...) removes units gated by an out-gate on a group's producer or an in-gate "
+                       "on its consumer, one gate per unit of the group (in blocks of its repeat); the groups allow "
+                       f"{shown or 'no gate'}")
+
+
+def _side(ref: UnitRef) -> str:
+    """The gate side (``gates={layer: side}``) that gates whole units of ``ref``'s group at ``ref``."""
+    side = "out" if ref.dim == 0 else "in"
+    return repr(side if ref.repeat == 1 else f"{side}:{ref.repeat}")

@@ -21,13 +21,68 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from neuroplastic.errors import BadInput
 from neuroplastic.structure.optim_surgery import Optimizers
 from neuroplastic.structure.surgery import dim_size, resize_module, unit_positions
-from neuroplastic.structure.trace import CONVS, UnitGroup, UnitRef, trace_unit_groups
+from neuroplastic.structure.trace import CONVS, NORMS, UnitGroup, UnitRef, trace_unit_groups
 
-__all__ = ["select_units", "compact", "keep_from_layer_masks", "Keep"]
+__all__ = ["select_units", "compact", "check_groups", "keep_from_layer_masks", "Keep", "ExampleInput"]
 
 Keep = Mapping[str, torch.Tensor | Sequence[int]]
+#: one batch of model input: a tensor, a tuple of positional inputs, or a mapping of keyword inputs
+#: (``{"input_ids": ..., "attention_mask": ...}`` for a Hugging Face model; not for tracing)
+ExampleInput = torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor]
+
+
+def run_model(model: nn.Module, example_input: ExampleInput):
+    """``model`` called on ``example_input``: unpacked as positional inputs (a tuple) or keywords (a mapping)."""
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    return model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+
+
+def _kind(module: nn.Module, dim: int) -> str | None:
+    """The :class:`UnitRef` kind that ``module`` has along ``dim``, or None when it cannot be resized there."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, CONVS):
+        if module.groups == 1:
+            return "conv"
+        return "depthwise" if dim == 0 and module.groups == module.in_channels == module.out_channels else None
+    if isinstance(module, NORMS) and dim == 0:
+        return "norm"
+    return None
+
+
+def check_groups(model: nn.Module, groups: list[UnitGroup]) -> None:
+    """Raise :class:`~neuroplastic.errors.BadInput` unless every member of ``groups`` is a tensor of
+    ``model`` that slicing can follow: the module exists, is resizable along the member's dimension with
+    the member's ``kind``, and holds the group's ``size * repeat`` positions from ``offset`` on.
+
+    Traced groups pass by construction; this is for groups declared by hand (or by
+    :func:`~neuroplastic.structure.bert_unit_groups`) for a model ``torch.fx`` cannot trace.
+    """
+    if not isinstance(groups, list | tuple) or not all(isinstance(g, UnitGroup) for g in groups):
+        raise BadInput(f"groups must be a list of UnitGroup, got {type(groups).__name__}")
+    modules = dict(model.named_modules())
+    for group in groups:
+        if group.size < 1:
+            raise BadInput(f"group {group.name!r} has size {group.size}; a group holds at least one unit")
+        for ref in group.members:
+            where = f"group {group.name!r}: member {ref.module!r} (dim={ref.dim}, kind={ref.kind!r})"
+            module = modules.get(ref.module)
+            if module is None:
+                raise BadInput(f"{where} is not a module of {type(model).__name__}")
+            kind = _kind(module, ref.dim) if ref.dim in (0, 1) else None
+            if kind is None or kind != ref.kind:
+                allowed = "a Linear, conv or BatchNorm along dim 0 (outputs) or a Linear or ungrouped conv along " \
+                          "dim 1 (inputs)"
+                raise BadInput(f"{where} is a {type(module).__name__}" + (f" of kind {kind!r}" if kind else "")
+                               + f"; a member must be {allowed}, with the matching kind")
+            end = ref.offset + group.size * ref.repeat
+            if ref.offset < 0 or ref.repeat < 1 or end > dim_size(module, ref.dim):
+                raise BadInput(f"{where} places {group.size} units x {ref.repeat} from offset {ref.offset} (up to "
+                               f"{end}), but the module has {dim_size(module, ref.dim)} along dim {ref.dim}")
 
 
 def _indices(group: UnitGroup, value: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -96,7 +151,7 @@ def _apply(model: nn.Module, plan: dict[str, tuple[UnitGroup, torch.Tensor]], op
 def select_units(
     model: nn.Module,
     keep: Keep,
-    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    example_input: ExampleInput | None = None,
     *,
     groups: list[UnitGroup] | None = None,
     optimizer: Optimizers = None,
@@ -112,6 +167,8 @@ def select_units(
         if example_input is None:
             raise ValueError("select_units needs example_input (to trace the groups) or groups")
         groups = trace_unit_groups(model, example_input)
+    else:
+        check_groups(model, groups)
     plan = _resolve(groups, keep)
     for name, (_, kept) in plan.items():
         if len(kept) == 0:
@@ -134,7 +191,7 @@ def _consumer_inputs(model: nn.Module, names: set[str], example_input) -> dict[s
     was_training = model.training
     model.eval()
     try:
-        model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+        run_model(model, example_input)
     finally:
         model.train(was_training)
         for h in hooks:
@@ -159,6 +216,8 @@ def _fold_or_check(
     (freshly grown units); one that reads as a constant can be folded (see the module docstring).
     """
     positions = positions.to(consumer.weight.device)
+    if isinstance(consumer, nn.Linear):  # features last, any leading dimensions (tokens of a sequence)
+        x = x.reshape(-1, x.shape[-1])
     dead = consumer.weight.index_select(1, positions).transpose(0, 1).flatten(1).eq(0).all(dim=1)
     vals = x.index_select(1, positions.to(x.device)).transpose(0, 1).reshape(len(positions), -1)
     live = torch.nonzero((vals.abs().amax(dim=1) > atol) & ~dead.to(vals.device)).flatten()
@@ -187,7 +246,7 @@ def _fold_or_check(
 def compact(
     model: nn.Module,
     keep: Keep,
-    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    example_input: ExampleInput | None = None,
     *,
     groups: list[UnitGroup] | None = None,
     fold_constants: bool = False,
@@ -207,8 +266,10 @@ def compact(
         not supported by every runtime).
     example_input : a batch used to trace the groups and to check the removed units. It may be left
         out when ``groups`` are given: then, as in :func:`select_units`, nothing checks that the removed
-        units were zero (and ``fold_constants`` is not available).
-    groups : the groups of ``model`` if already traced.
+        units were zero (and ``fold_constants`` is not available). With ``groups`` given it may also be a
+        mapping of keyword inputs (``model(**example_input)``), as a Hugging Face model takes.
+    groups : the groups of ``model`` if already traced, or declared by hand for a model ``torch.fx``
+        cannot trace (checked by :func:`check_groups`; e.g. :func:`~neuroplastic.structure.bert_unit_groups`).
     fold_constants : fold removed units that read as a constant into the consumer's bias (see the
         module docstring for when this is exact); otherwise such units raise ``ValueError``.
     atol : what counts as zero (and as constant).
@@ -223,6 +284,8 @@ def compact(
             raise ValueError("compact needs example_input (to trace the groups and check the removed units) "
                              "or groups")
         groups = trace_unit_groups(model, example_input)
+    else:
+        check_groups(model, groups)
     if example_input is None and fold_constants:
         raise ValueError("fold_constants needs example_input (the constants are read from it)")
     plan = _resolve(groups, keep)
@@ -249,15 +312,40 @@ def compact(
     return small
 
 
+def _open_units(group: UnitGroup, refs: list[UnitRef], masks: Mapping[str, torch.Tensor], arg: str,
+                side: str) -> torch.Tensor | None:
+    """Units of ``group`` open in any of ``refs`` (each ref's layer mask read at the ref's positions), or
+    None when there is no ref or one of them has no mask."""
+    if not refs or any(r.module not in masks for r in refs):
+        return None
+    result = torch.zeros(group.size, dtype=torch.bool)
+    for ref in refs:
+        m = torch.as_tensor(masks[ref.module]).detach().cpu().flatten()
+        end = ref.offset + group.size * ref.repeat
+        if m.dtype != torch.bool or len(m) < end:
+            raise ValueError(f"{arg}[{ref.module!r}] must be a bool mask of length {end} or more (the layer's "
+                             f"{side}; group {group.name!r} sits at positions {ref.offset}..{end - 1}), got "
+                             f"{m.dtype} of {len(m)}")
+        result |= m[unit_positions(ref, torch.arange(group.size))].view(group.size, ref.repeat).any(dim=1)
+    return result
+
+
 def keep_from_layer_masks(
-    groups: list[UnitGroup], open_units: Mapping[str, torch.Tensor]
+    groups: list[UnitGroup],
+    open_units: Mapping[str, torch.Tensor],
+    open_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``keep`` for :func:`compact` from per-layer gates: ``{layer name: bool mask of open output units}``.
+    """``keep`` for :func:`compact` from per-layer gates: ``{layer name: bool mask of open output units}``,
+    and optionally ``open_inputs``: ``{layer name: bool mask of open input features}`` (in-gates).
 
     With one gate per layer (the paper's placement) rather than one per group, a unit of a group is
     zero everywhere only when every layer that writes it (the group's conv / Linear producers: the
     stem and each residual branch of a stream) has it closed; so a unit is kept when any of them has it
-    open. A group with a writing layer that has no mask keeps all its units and is left out.
+    open. A group with a writing layer that has no mask is left whole on that side. With ``open_inputs``,
+    a unit is kept only when some consumer also reads it (a unit whose every consumer has the input
+    closed by an in-gate has zero outgoing weights), when all the group's consumers have masks. A unit
+    of ``repeat`` positions (an attention head's block) is open in a layer when any of them is. Groups
+    with neither side known are left out.
 
     The compact model carries no gates, so a kept unit that is closed in one of its writers must have
     that gate baked in before compacting (zero the writer's BatchNorm weight and bias for it, or its
@@ -265,16 +353,12 @@ def keep_from_layer_masks(
     """
     keep: dict[str, torch.Tensor] = {}
     for group in groups:
-        writers = [r.module for r in group.producers if r.kind in ("conv", "linear")]
-        if not group.prunable or not writers or any(w not in open_units for w in writers):
+        if not group.prunable:
             continue
-        mask = torch.zeros(group.size, dtype=torch.bool)
-        for w in writers:
-            m = torch.as_tensor(open_units[w]).detach().cpu().flatten()
-            if m.dtype != torch.bool or len(m) != group.size:
-                raise ValueError(
-                    f"open_units[{w!r}] must be a bool mask of length {group.size}, got {m.dtype} of {len(m)}"
-                )
-            mask |= m
-        keep[group.name] = mask
+        writers = [r for r in group.producers if r.kind in ("conv", "linear")]
+        written = _open_units(group, writers, open_units, "open_units", "outputs")
+        read = _open_units(group, group.consumers, open_inputs or {}, "open_inputs", "inputs")
+        if written is None and read is None:
+            continue
+        keep[group.name] = read if written is None else written if read is None else written & read
     return keep
