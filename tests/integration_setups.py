@@ -211,3 +211,42 @@ def run_doc_section(section: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     for block in blocks:
         exec(compile(block, str(DOCS), "exec"), scope)
     return scope
+
+
+def _close(a: Any, b: Any, tol: float, path: str = "") -> None:
+    """Records and tensors equal, floating-point numbers within ``tol`` (relative and absolute)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), path
+        for key in a:
+            _close(a[key], b[key], tol, f"{path}.{key}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, tol, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, path
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=0, atol=tol, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, float) and a != b:
+        assert abs(a - b) <= tol * max(1.0, abs(a)), (path, a, b)
+    elif isinstance(a, float):
+        pass  # equal (inf too)
+    else:
+        assert a == b, (path, a, b)
+
+
+def check_processes(two: Path, one: Path, name: str, tol: float = 1e-4) -> dict[str, Any]:
+    """Run ``name`` of a 2-process run (folder ``two``: ``<name>-<rank>.pt`` as the DDP scripts write them)
+    against the same run on one process (folder ``one``): both processes end with exactly the same
+    parameters, method state, records and events, and as the one process up to the order of
+    floating-point sums (numbers within ``tol``, the same architecture). Returns process 0's."""
+    rank0, rank1, single = (torch.load(folder / f"{name}-{rank}.pt", weights_only=False)
+                            for folder, rank in ((two, 0), (two, 1), (one, 0)))
+    _close(rank0, rank1, 0.0)  # exactly
+    _close(rank0["state"], single["state"], tol, "state")
+    assert rank0["architecture"] == single["architecture"]
+    _close(rank0["history"], single["history"], tol, "history")
+    _close(rank0["events"], single["events"], tol, "events")
+    return rank0

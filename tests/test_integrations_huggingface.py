@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'neuroplastic[huggingface]')")
@@ -22,59 +21,8 @@ import transformers  # noqa: E402
 
 import integration_setups as S  # noqa: E402
 import neuroplastic  # noqa: E402
+from huggingface_setups import Classify, Examples, arguments, train_hf  # noqa: E402
 from neuroplastic.integrations.huggingface import STATE_FILE, CapacityCallback, CapacityTrainer  # noqa: E402
-
-
-class Classify(nn.Module):
-    """A network with the Trainer's calling convention: ``model(x=..., labels=...)`` gives the loss."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        logits = self.net(x)
-        return {"logits": logits} if labels is None else {"loss": F.cross_entropy(logits, labels), "logits": logits}
-
-
-class Examples(torch.utils.data.Dataset):
-    """``{"x": image, "labels": digit}`` examples, as the Trainer's default collator stacks them."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "labels": self.y[i]}
-
-
-def arguments(out: Path, epochs: int = S.EPOCHS, **kwargs) -> transformers.TrainingArguments:
-    """The shared batches in order, validation at each epoch end, no clipping, no logging to services."""
-    return transformers.TrainingArguments(
-        output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=S.BATCH,
-        per_device_eval_batch_size=S.BATCH, train_sampling_strategy="sequential", logging_strategy="no",
-        report_to="none", max_grad_norm=0.0, use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
-        dataloader_num_workers=0, **{"eval_strategy": "epoch", "save_strategy": "no", **kwargs})
-
-
-def train_hf(s: S.Setup, out: Path, epochs: int = S.EPOCHS, *, resume=None,
-             **kwargs) -> tuple[CapacityCallback, transformers.Trainer]:
-    """Train ``s`` through ``CapacityTrainer`` (methods that own the backward pass) or a plain Trainer with
-    the callback (the others); returns the callback and the Trainer."""
-    data = S.mnist()
-    common = {"model": Classify(s.net), "args": arguments(out, epochs, **kwargs),
-              "train_dataset": Examples(data.train_x, data.train_y), "eval_dataset": Examples(data.val_x, data.val_y),
-              "optimizers": (s.optimizers[0], s.schedules[0])}
-    if s.method.owns_backward:
-        trainer = CapacityTrainer(**common, method=s.method)
-        callback = trainer.capacity
-    else:
-        callback = CapacityCallback(s.method)
-        trainer = transformers.Trainer(**common, callbacks=[callback])
-    trainer.train(resume_from_checkpoint=resume)
-    return callback, trainer
 
 
 @pytest.mark.parametrize("name", S.METHODS)

@@ -6,15 +6,12 @@ by running that script again)."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 import torch.distributed as dist
 
 pytest.importorskip("lightning", reason="Lightning is not installed (pip install 'neuroplastic[lightning]')")
@@ -45,48 +42,9 @@ def runs(tmp_path_factory) -> dict[int, Path]:
     return {devices: root / str(devices) for devices in (2, 1)}
 
 
-def _load(folder: Path, name: str, rank: int) -> dict[str, Any]:
-    return torch.load(folder / f"{name}-{rank}.pt", weights_only=False)
-
-
-def _close(a: Any, b: Any, rel: float, path: str = "") -> None:
-    """Records equal, numbers within ``rel`` (relative)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), path
-        for key in a:
-            _close(a[key], b[key], rel, f"{path}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, rel, f"{path}[{i}]")
-    elif isinstance(a, float) and not isinstance(b, bool):
-        assert math.isclose(a, b, rel_tol=rel, abs_tol=rel), (path, a, b)
-    elif isinstance(a, torch.Tensor):
-        assert a.shape == b.shape and a.dtype == b.dtype, path
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=path)
-        else:
-            assert torch.equal(a, b), path
-    else:
-        assert a == b, (path, a, b)
-
-
 @pytest.mark.parametrize("name", RUNS)
 def test_lightning_ddp_processes_agree_and_match_one_process(name, runs):
-    rank0, rank1 = _load(runs[2], name, 0), _load(runs[2], name, 1)
-    one = _load(runs[1], name, 0)
-    for key in ("state", "method"):  # both processes end with exactly the same model and method
-        assert list(rank0[key]) == list(rank1[key])
-        for k in rank0[key]:
-            if isinstance(rank0[key][k], torch.Tensor):
-                assert torch.equal(rank0[key][k], rank1[key][k]), (key, k)
-    assert rank0["history"] == rank1["history"] and rank0["events"] == rank1["events"]
-    assert rank0["architecture"] == rank1["architecture"]
-    # and end as one process on the same global batches (each took half of every batch)
-    _close(rank0["state"], one["state"], 1e-4, "state")
-    assert rank0["architecture"] == one["architecture"]
-    _close(rank0["history"], one["history"], 1e-4, "history")
-    _close(rank0["events"], one["events"], 1e-4, "events")
+    rank0 = S.check_processes(runs[2], runs[1], name)
     kinds = {e["event"] for e in rank0["events"]}
     if name == "npn":
         assert rank0["architecture"]["arch"][0] < S.HIDDEN

@@ -26,8 +26,10 @@ builds the optimizer; a model whose shapes changed (PhysicalNPN) is resized to t
 method's ``load_state_dict`` pre-hook as they load, and an optimizer the Trainer builds then holds the
 resized parameters (one passed in ``optimizers=`` follows the resize: the callback binds it at once).
 
-One process, no gradient accumulation and no fp16 loss scaling for methods that own the backward pass;
-methods that change the model's shapes train on one process.
+Several processes (``torchrun``): every process takes the same decisions (NPN's gate logits are kept out
+of DDP's reduction, ``eval_loss`` is the Trainer's gathered one, step-wise expansion checks average over the
+processes' shares). No gradient accumulation and no fp16 loss scaling for methods that own the backward
+pass; methods that change the model's shapes train on one process.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from torch import nn
 from neuroplastic.integrations.driver import DriverView, MethodDriver, scalars, unwrap_optimizer
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.train.checkpoint import load_checkpoint, save_atomic
+from neuroplastic.train.distributed import sum_over_processes
 from neuroplastic.train.epoch import step_expansion_check
 
 try:
@@ -241,6 +244,7 @@ class CapacityTrainer(transformers.Trainer):
                     count += size
             finally:
                 self.model.train(was_training)
+            total, count = sum_over_processes(total, count)  # each process evaluated its share
             if count == 0:
                 raise ValueError("the evaluation dataset yielded no batches for the expansion check")
             return total / count

@@ -56,6 +56,19 @@ def broadcast_buffers(model: nn.Module) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
+def sum_over_processes(*values: float | torch.Tensor) -> list[float]:
+    """The sums of ``values`` over the processes of the group (a collective: every process must call it),
+    e.g. a loss total and an example count of each process's share of the validation data; the values
+    as they are outside a group."""
+    if world()[1] == 1:
+        return [float(v) for v in values]
+    totals = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        totals = totals.cuda()
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
 def barrier() -> None:
     """Wait for every process (no-op outside a process group)."""
     if world()[1] > 1:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuroplastic.train.distributed import world
+from neuroplastic.train.distributed import sum_over_processes
 
 
 @torch.no_grad()
@@ -37,11 +37,9 @@ def evaluate(model: nn.Module, loader: Any, criterion: Callable | None = None, *
             n += len(y)
     finally:
         model.train(was_training)
-    if all_processes and world()[1] > 1:
-        totals = torch.stack([total_loss, correct.double(), torch.tensor(float(n), dtype=torch.float64,
-                                                                         device=device)])
-        torch.distributed.all_reduce(totals)
-        total_loss, correct, n = totals[0], totals[1], int(totals[2])
+    if all_processes:
+        total_loss, correct, n = sum_over_processes(total_loss, correct, n)
+        n = int(n)
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     return float(total_loss) / n, int(correct) / n
