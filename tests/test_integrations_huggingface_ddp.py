@@ -25,8 +25,8 @@ RUNS = ["npn", "rigl", "lpss", "npn_expand", "rigl_resume", *sorted(S.OTHERS), "
 
 def _run(out: Path, processes: int, names: list[str]) -> subprocess.CompletedProcess:
     out.mkdir(exist_ok=True)
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                 "--master_port", str(29900 + os.getpid() % 90)] if processes > 1 else [sys.executable])
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                if processes > 1 else [sys.executable])
     return subprocess.run([*launcher, str(SCRIPT), str(out), *names], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out)
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from neuroplastic.methods.base import CapacityMethod
+from neuroplastic.train.distributed import sum_over_processes, world
 from neuroplastic.train.evaluate import device_of, evaluate
 from neuroplastic.train.progress import EpochBar
 from neuroplastic.train.step import train_step
@@ -49,8 +50,10 @@ def train_epoch(
     """One pass over ``loader`` (``method.set_epoch``, then :func:`~neuroplastic.train.step.train_step`
     per batch). ``step`` is the global step before the epoch; ``check(step)`` runs after every step (see
     :func:`expansion_check`); ``forward`` computes the outputs (default ``model``; a DDP wrapper).
-    Raises :class:`NonFiniteLoss` naming the first step whose loss was not finite, at the end of the
-    epoch (the check stays on the device: no host synchronisation per step).
+    Under ``torch.distributed`` the mean loss and accuracy are over every process's share (a collective at
+    the end of the epoch: every process must call this). Raises :class:`NonFiniteLoss` naming the first
+    step whose loss was not finite, at the end of the epoch (the check stays on the device: no host
+    synchronisation per step).
     """
     method.set_epoch(epoch)
     if hasattr(loader, "set_epoch"):
@@ -80,6 +83,9 @@ def train_epoch(
             bar.update(i, loss_sum, correct, n)
     if bar is not None:
         bar.close()
+    if world()[1] > 1:  # every process trained its share of each batch: the epoch's numbers are of all shares
+        loss_sum, correct, n = sum_over_processes(loss_sum, correct, n)
+        n = int(n)
     if n == 0:
         raise ValueError("the training loader yielded no batches")
     if int(first_bad) >= 0:
