@@ -28,6 +28,9 @@ VARIANTS = {
     "npn_expand": ("npn", {"mode": "expand", "k": 1, "lam": 0.0, "init_active": 8, "expand_every": 4,
                            "expand_val_batches": 2}),
     "rigl_resume": ("rigl", {}),
+    # physical growth past the reserve of 2 units: the model is wrapped in DDP again after every resize
+    "npn_physical_expand": ("npn_physical", {"mode": "expand", "k": 1, "lam": 0.0, "init_active": 8, "reserve": 2,
+                                             "expand_every": 4, "expand_val_batches": 2}),
 }
 
 

@@ -1,8 +1,9 @@
-"""The Hugging Face Trainer under ``torchrun --nproc_per_node 2`` (CPU, gloo): every method that keeps the
-model's shapes, NPN expanding on step-wise checks of the evaluation data and RigL resumed from a
-checkpoint folder, ends with the same parameters, method state, records and events on both processes, and
-as one process on the same global batches, up to the order of floating-point sums. The runs are made by
-tests/huggingface_ddp_run.py. A method that changes the model's shapes is refused under several processes."""
+"""The Hugging Face Trainer under ``torchrun --nproc_per_node 2`` (CPU, gloo): every registered method,
+PhysicalNPN shrinking and growing past its reserve (``CapacityTrainer`` wraps the model in DDP again after
+each resize), NPN expanding on step-wise checks of the evaluation data and RigL resumed from a checkpoint
+folder, ends with the same parameters, method state, records and events on both processes, and as one
+process on the same global batches, up to the order of floating-point sums. The runs are made by
+tests/huggingface_ddp_run.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytest.importorskip("accelerate", reason="accelerate is not installed (pip insta
 import integration_setups as S  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "huggingface_ddp_run.py"
-RUNS = ["npn", "rigl", "lpss", "npn_expand", "rigl_resume", *sorted(S.OTHERS), "npn_physical"]
+RUNS = ["npn", "npn_physical", "rigl", "lpss", "npn_expand", "npn_physical_expand", "rigl_resume", *sorted(S.OTHERS)]
 
 
 def _run(out: Path, processes: int, names: list[str]) -> subprocess.CompletedProcess:
@@ -33,18 +34,18 @@ def _run(out: Path, processes: int, names: list[str]) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[int, Path]:
-    """The folders of the 2-process and the 1-process runs of every method in ``RUNS`` but the last."""
+    """The folders of the 2-process and the 1-process runs of every method in ``RUNS``."""
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available")
     S.mnist()  # skips without the data
     root = tmp_path_factory.mktemp("hf-ddp")
     for processes in (2, 1):
-        done = _run(root / str(processes), processes, RUNS[:-1])
+        done = _run(root / str(processes), processes, RUNS)
         assert done.returncode == 0, done.stderr[-4000:]
     return {processes: root / str(processes) for processes in (2, 1)}
 
 
-@pytest.mark.parametrize("name", RUNS[:-1])
+@pytest.mark.parametrize("name", RUNS)
 def test_hf_ddp_processes_agree_and_match_one_process(name, runs):
     rank0 = S.check_processes(runs[2], runs[1], name)
     kinds = {e["event"] for e in rank0["events"]}
@@ -52,6 +53,11 @@ def test_hf_ddp_processes_agree_and_match_one_process(name, runs):
         assert rank0["architecture"]["arch"][0] < S.HIDDEN
     if name == "npn_expand":
         assert "expand" in kinds
+    if name == "npn_physical":  # shrunk for real on both processes, the DDP wrapper built again
+        assert "remove" in kinds and rank0["state"]["fc1.weight"].shape[0] < S.HIDDEN
+    if name == "npn_physical_expand":  # grew for real past its reserve, then removed the unused units
+        assert {"expand", "grow", "remove"} <= kinds
+        assert 8 < rank0["state"]["fc1.weight"].shape[0] < S.HIDDEN
     if name in ("rigl", "rigl_resume", "set", "granet", "gmp", "lpss"):
         assert rank0["events"], "no topology update"
     if name == "rigl_resume":  # stopped, resumed: the run of the uninterrupted one
@@ -59,12 +65,3 @@ def test_hf_ddp_processes_agree_and_match_one_process(name, runs):
         uninterrupted = S.check_processes(runs[2], runs[1], "rigl")
         assert rank0["events"] == uninterrupted["events"]
         assert all(rank0["state"][k].equal(uninterrupted["state"][k]) for k in rank0["state"])
-
-
-def test_hf_ddp_refuses_a_model_that_changes_shape(tmp_path):
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    S.mnist()
-    done = _run(tmp_path, 2, ["npn_physical"])
-    assert done.returncode != 0
-    assert "changes the model's shapes during training" in done.stderr and "world_size=2" in done.stderr

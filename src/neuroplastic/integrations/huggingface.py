@@ -29,7 +29,8 @@ resized parameters (one passed in ``optimizers=`` follows the resize: the callba
 Several processes (``torchrun``): every process takes the same decisions (NPN's gate logits are kept out
 of DDP's reduction, ``eval_loss`` is the Trainer's gathered one, step-wise expansion checks average over the
 processes' shares). No gradient accumulation and no fp16 loss scaling for methods that own the backward
-pass; methods that change the model's shapes train on one process.
+pass; methods that change the model's shapes (PhysicalNPN) train through ``CapacityTrainer``, which wraps the
+model in DDP again after every resize.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from neuroplastic.integrations.driver import DriverView, MethodDriver, scalars, unwrap_optimizer
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.train.checkpoint import load_checkpoint, save_atomic
-from neuroplastic.train.distributed import sum_over_processes
+from neuroplastic.train.distributed import rewrap_like, sum_over_processes
 from neuroplastic.train.epoch import step_expansion_check
 
 try:
@@ -98,7 +100,7 @@ class CapacityCallback(DriverView, transformers.TrainerCallback):
         method = self.method
         if model is not None:
             self.driver.attach(model, "Trainer's model")
-        self.driver.check_world(args.world_size)
+        self.driver.check_world(args.world_size, rewraps=self.trainer is not None)  # CapacityTrainer wraps again
         if method.owns_backward:
             self._check_backward_setting(args)
         self.driver.bind([] if optimizer is None else [optimizer], [] if lr_scheduler is None else [lr_scheduler])
@@ -185,6 +187,8 @@ class CapacityTrainer(transformers.Trainer):
     def __init__(self, *args: Any, method: CapacityMethod, metric: str = "eval_loss", **kwargs: Any) -> None:
         self.capacity = CapacityCallback(method, metric=metric)
         self.capacity.trainer = self
+        self._wrapper: DistributedDataParallel | None = None  # built again after a resize
+        self._wrapped_ids: tuple[int, ...] = ()  # the parameters it reduces
         callbacks = list(kwargs.pop("callbacks", None) or [])
         super().__init__(*args, callbacks=[*callbacks, self.capacity], **kwargs)
 
@@ -208,6 +212,7 @@ class CapacityTrainer(transformers.Trainer):
         method = self.method
         if not method.owns_backward:
             return super().training_step(model, inputs, num_items_in_batch)
+        model = self._current_wrapper(model)
         model.train()
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()
@@ -218,6 +223,22 @@ class CapacityTrainer(transformers.Trainer):
                 return self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
 
         return method.backward(closure)
+
+    def _current_wrapper(self, model: nn.Module) -> nn.Module:
+        """The module to train through: the Trainer's DDP wrapper, or, once the method replaced parameters
+        (PhysicalNPN's resizes), a new one with its settings (the Trainer's loop keeps handing the old one,
+        which would go on reducing the old parameters)."""
+        if not (self.method.resizes_model and isinstance(model, DistributedDataParallel)):
+            return model
+        wrapper = self._wrapper or model
+        ids = tuple(id(p) for p in wrapper.module.parameters())
+        if self._wrapped_ids and ids != self._wrapped_ids:
+            old, wrapper = wrapper, rewrap_like(wrapper, wrapper.module)
+            models = self.accelerator._models  # the accelerator's list of prepared models: the new one, not the old
+            self.accelerator._models = [wrapper if m is old else m for m in models]
+            self._wrapper = self.model_wrapped = wrapper
+        self._wrapped_ids = ids
+        return wrapper
 
     def expansion_check(self) -> Any:
         """:func:`~neuroplastic.train.epoch.step_expansion_check` on the first ``method.expand_val_batches``

@@ -47,6 +47,18 @@ def ddp_wrap(model: nn.Module) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def rewrap_like(wrapper: nn.parallel.DistributedDataParallel,
+                module: nn.Module) -> nn.parallel.DistributedDataParallel:
+    """A new ``DistributedDataParallel`` of ``module`` with ``wrapper``'s settings (devices, buffer
+    broadcast, unused-parameter search, bucket size, gradient views): after a method replaced the
+    module's parameters, the old wrapper would go on reducing the old ones. Communication hooks
+    registered on ``wrapper`` are not carried over."""
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=wrapper.device_ids, output_device=wrapper.output_device,
+        broadcast_buffers=wrapper.broadcast_buffers, find_unused_parameters=wrapper.find_unused_parameters,
+        bucket_cap_mb=wrapper.bucket_bytes_cap / 2**20, gradient_as_bucket_view=wrapper.gradient_as_bucket_view)
+
+
 def broadcast_buffers(model: nn.Module) -> None:
     """Give every process rank 0's buffers (BatchNorm statistics follow each process's share of the
     batches), so that evaluations, and the decisions a method takes on them, agree; no-op outside a group."""
