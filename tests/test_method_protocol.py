@@ -142,6 +142,8 @@ def test_every_hook_runs_and_reports_what_it_declares(name):
         assert isinstance(key, str) and isinstance(np.asarray(value), np.ndarray)
     flops = method.live_flops(INPUT)
     assert isinstance(flops, int) and 0 < flops <= dense_flops
+    if arch["params"] < arch["params_dense"]:  # fewer live weights cost fewer FLOPs (LpSS once counted dense)
+        assert flops < dense_flops, (arch, flops, dense_flops)
     x = torch.randn(5, *INPUT)
     small = method.compact(x)
     if small is not None:  # a plain model computing what the method's model computes in evaluation mode

@@ -324,6 +324,14 @@ class LpSS(CapacityMethod):
             "flops_sparse_inference": self._sparse_flops(),
         }
 
+    def live_flops(self, input_shape: Sequence[int]) -> int:
+        """Forward FLOPs per example of the masked network (``flops_sparse_inference``: every layer's dense
+        FLOPs times its mask density; the layers' FLOPs counted on ``input_shape`` when the method was
+        built without one)."""
+        flops = self._flops if self._flops is not None else layer_flops(unwrap(self.model), input_shape)
+        density = self.engine.layer_density()
+        return int(sum(f * density.get(name, 1.0) for name, f in flops.items()))
+
     def _sparse_flops(self) -> float | None:
         if self._flops is None:
             return None
