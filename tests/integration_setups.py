@@ -213,16 +213,16 @@ def run_doc_section(section: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     return scope
 
 
-def _close(a: Any, b: Any, tol: float, path: str = "") -> None:
+def assert_close_records(a: Any, b: Any, tol: float, path: str = "") -> None:
     """Records and tensors equal, floating-point numbers within ``tol`` (relative and absolute)."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and list(a) == list(b), path
         for key in a:
-            _close(a[key], b[key], tol, f"{path}.{key}")
+            assert_close_records(a[key], b[key], tol, f"{path}.{key}")
     elif isinstance(a, list | tuple):
         assert isinstance(b, list | tuple) and len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, tol, f"{path}[{i}]")
+            assert_close_records(x, y, tol, f"{path}[{i}]")
     elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, path
         if a.is_floating_point():
@@ -244,9 +244,27 @@ def check_processes(two: Path, one: Path, name: str, tol: float = 1e-4) -> dict[
     floating-point sums (numbers within ``tol``, the same architecture). Returns process 0's."""
     rank0, rank1, single = (torch.load(folder / f"{name}-{rank}.pt", weights_only=False)
                             for folder, rank in ((two, 0), (two, 1), (one, 0)))
-    _close(rank0, rank1, 0.0)  # exactly
-    _close(rank0["state"], single["state"], tol, "state")
+    assert_close_records(rank0, rank1, 0.0)  # exactly
+    assert_close_records(rank0["state"], single["state"], tol, "state")
     assert rank0["architecture"] == single["architecture"]
-    _close(rank0["history"], single["history"], tol, "history")
-    _close(rank0["events"], single["events"], tol, "events")
+    assert_close_records(rank0["history"], single["history"], tol, "history")
+    assert_close_records(rank0["events"], single["events"], tol, "events")
     return rank0
+
+
+def check_capacity_events(name: str, rank0: dict[str, Any]) -> None:
+    """What a DDP script's run ``name`` (``<name>-0.pt``, as :func:`check_processes` returns it) must have
+    done to the network besides agreeing across processes: closed units, real shrinking and growth,
+    topology updates."""
+    kinds = {e["event"] for e in rank0["events"]}
+    if name == "npn":
+        assert rank0["architecture"]["arch"][0] < HIDDEN
+    if name == "npn_expand":
+        assert "expand" in kinds
+    if name == "npn_physical":  # shrunk for real on both processes, the DDP wrapper built again
+        assert "remove" in kinds and rank0["state"]["fc1.weight"].shape[0] < HIDDEN
+    if name == "npn_physical_expand":  # grew for real past its reserve, then removed the unused units
+        assert {"expand", "grow", "remove"} <= kinds
+        assert 8 < rank0["state"]["fc1.weight"].shape[0] < HIDDEN
+    if name in ("rigl", "rigl_resume", "set", "granet", "gmp", "lpss"):
+        assert rank0["events"], "no topology update"

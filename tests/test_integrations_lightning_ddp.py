@@ -45,13 +45,4 @@ def runs(tmp_path_factory) -> dict[int, Path]:
 @pytest.mark.parametrize("name", RUNS)
 def test_lightning_ddp_processes_agree_and_match_one_process(name, runs):
     rank0 = S.check_processes(runs[2], runs[1], name)
-    kinds = {e["event"] for e in rank0["events"]}
-    if name == "npn":
-        assert rank0["architecture"]["arch"][0] < S.HIDDEN
-    if name == "npn_physical":  # shrunk for real on both processes, the DDP wrapper built again
-        assert "remove" in kinds and rank0["state"]["fc1.weight"].shape[0] < S.HIDDEN
-    if name == "npn_physical_expand":  # grew for real past its reserve, then removed the unused units
-        assert {"expand", "grow", "remove"} <= kinds
-        assert 8 < rank0["state"]["fc1.weight"].shape[0] < S.HIDDEN
-    if name in ("rigl", "set", "granet", "gmp", "lpss"):
-        assert rank0["events"], "no topology update"
+    S.check_capacity_events(name, rank0)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+import integration_setups as S
 from neuroplastic.recipes import execute, prepare
 from run_families import FAMILIES, recipe_ref
 from shared_data import SHARED, needs_data
@@ -47,27 +48,11 @@ def _results(run: Path) -> list[dict]:
             for r in json.loads((run / "results.json").read_text())]
 
 
-def _close(a, b, path: str = "") -> None:
-    """Records equal, floating-point numbers within 1e-4 (relative, absolute below 1)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a) == sorted(b), path
-        for key in a:
-            _close(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and a != b:
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (path, a, b)
-    elif not isinstance(a, float):
-        assert a == b, (path, a, b)
-
-
 def _same_run(two: Path, one: Path) -> None:
     """The 2-process run folder ``two`` holds the run of ``one`` (one process), up to float sums."""
     for name in ("history.jsonl", "events.jsonl"):
-        _close(_lines(two / name), _lines(one / name), name)
-    _close(_results(two), _results(one), "results.json")
+        S.assert_close_records(_lines(two / name), _lines(one / name), 1e-4, name)
+    S.assert_close_records(_results(two), _results(one), 1e-4, "results.json")
     assert json.loads((two / "results.json").read_text())[0]["processes"] == 2
     assert not list(two.glob("*.tmp"))
 
