@@ -254,6 +254,8 @@ def test_needs_lpcgd_and_gradients():
         ("lpss-fashion-s90", 0.1, 1.2, 1.07),
         ("lpss-fashion-s50", 0.5, 1.4, 1.3),
         ("lpss-fashion-s90-adaptive", 0.1, 1.3, 1.15),
+        ("lpss-fashion-s80-adaptive", 0.2, 1.3, 1.15),
+        ("lpss-fashion-s50-adaptive", 0.5, 1.3, 1.15),
     ],
 )
 def test_shipped_recipes_build_the_reference_setting(recipe, density, p_first, p_rest):
@@ -286,3 +288,18 @@ def test_bind_optimizers_refuses_optimizers_without_its_lpcgd():
     lpss.bind_optimizers([])  # not training (e.g. loading to evaluate)
     with pytest.raises(ValueError, match=r"LpSS's LpCGD optimizer is not among the optimizers .*\(AdamW\)"):
         lpss.bind_optimizers([torch.optim.AdamW(net.parameters())])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "density"), [("lpss-fashion-s80-adaptive", "0.2"), ("lpss-fashion-s50-adaptive", "0.5")]
+)
+def test_adaptive_recipes_at_other_sparsities_are_the_s90_recipe_at_that_density(recipe, density):
+    """docs/lpss.md's 50-epoch runs at s = 0.8 and 0.5 ran `lpss-fashion-s90-adaptive method.final_density=D`;
+    the named recipes must train exactly that (only the name and description differ)."""
+    from neuroplastic.recipes.runner import resolve
+
+    named = resolve(recipe)
+    overridden = resolve("lpss-fashion-s90-adaptive", [f"method.final_density={density}"])
+    for key in ("name", "description"):
+        named.pop(key), overridden.pop(key)
+    assert named == overridden
