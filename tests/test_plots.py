@@ -23,6 +23,8 @@ from neuroplastic.plots import (
     plot_mask_density,
     plot_neuron_map,
     plot_run,
+    plot_tradeoff,
+    tradeoff_points,
 )
 from neuroplastic.plots.cli import main
 
@@ -291,12 +293,14 @@ def test_many_gated_layers_get_a_compact_grid(tmp_path):
     assert _png_size(plot_architecture(loaded, tmp_path / "a.png")) == (960, 620)
 
 
-def _result_run(root: Path, folder: str, recipe: str, test_accuracy: float, params: int, val_shift: float) -> Path:
+def _result_run(root: Path, folder: str, recipe: str, test_accuracy: float, params: int, val_shift: float,
+                params_dense: int = 266_000) -> Path:
     run = root / folder
     run.mkdir()
     (run / "recipe.yaml").write_text(yaml.safe_dump({"name": recipe}))
     _write_jsonl(run / "history.jsonl", [{**_common(e), "val_acc": 0.5 + e / 50 + val_shift} for e in range(4)])
-    (run / "results.json").write_text(json.dumps([{"test_accuracy": test_accuracy, "params": params}]))
+    result = {"test_accuracy": test_accuracy, "params": params, "params_dense": params_dense}
+    (run / "results.json").write_text(json.dumps([result]))
     return run
 
 
@@ -322,6 +326,33 @@ def test_compare_groups_runs_by_recipe_and_states_their_results(tmp_path, monkey
         "static (1 run, test 88.00%, 101 params)",
     ]
     assert len(labels) == 6  # validation accuracy and training loss of each run
+
+
+def test_compare_keeps_runs_of_one_recipe_with_other_settings_apart(tmp_path, monkeypatch):
+    """Seeds of one setting share an entry; a run started with an override, or one whose recipe.yaml does not
+    say how it was resolved but whose settings differ, gets its own entry named by what differs."""
+    def run(folder: str, seed: int, density: float, source: str | None) -> Path:
+        path = _result_run(tmp_path, folder, "ad", 0.9, 100, 0.0)
+        recipe = yaml.safe_dump({"name": "ad", "seed": seed, "method": {"name": "lpss", "final_density": density}})
+        header = f"# resolved from: {source}\n# (overrides and epochs_scale already applied)\n" if source else ""
+        (path / "recipe.yaml").write_text(header + recipe)
+        return path
+
+    runs = [run("s1", 1, 0.1, "ad seed=1"), run("s2", 2, 0.1, "ad seed=2"),
+            run("d2", 1, 0.2, "ad method.final_density=0.2 seed=1"), run("d5", 1, 0.5, None)]
+    assert load_run(runs[2]).overrides == ["method.final_density=0.2"]
+    labels = []
+    original = Axes.plot
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    plot_compare([load_run(r) for r in runs], tmp_path / "compare.png")
+    assert [label.split(" (")[0] for label in labels if label] == [
+        "ad method.final_density=0.1", "ad method.final_density=0.2", "ad method.final_density=0.5"]
+    assert [label for label in labels if label][0].endswith("(2 runs, test 90.00% mean, 100 params)")
 
 
 def test_compare_needs_val_acc_and_two_runs(tmp_path):
@@ -364,3 +395,65 @@ def test_a_run_too_short_for_a_plastic_epoch_says_so_and_has_whole_epoch_ticks(t
     ticks = [t for t in ax.get_xticks() if 0 <= t <= 1]
     assert ticks == [0.0, 1.0] and ax.get_xlabel() == "epoch"
     assert plot_architecture(data, tmp_path / "a.png").exists()
+
+
+def _sweep(root: Path) -> dict[str, list[Path]]:
+    """Two series of finished runs: 'adaptive' at density 0.1 (two seeds; the controller landed one weight
+    short in one) and 0.2, 'static' at 0.1."""
+    return {
+        "adaptive": [_result_run(root, "a90s1", "ad", 0.93, 26_599, 0.0),
+                     _result_run(root, "a90s2", "ad", 0.94, 26_600, 0.0),
+                     _result_run(root, "a80", "ad", 0.95, 53_200, 0.0)],
+        "static": [_result_run(root, "s90", "st", 0.92, 26_600, 0.0)],
+    }
+
+
+def test_tradeoff_points_average_the_runs_at_one_density(tmp_path):
+    a90s1, a90s2, a80 = _sweep(tmp_path)["adaptive"]
+    points = tradeoff_points([a80, a90s1, a90s2])  # any order in, by density out
+    assert [p.accuracies for p in points] == [(0.93, 0.94), (0.95,)]
+    assert [p.mean for p in points] == pytest.approx([0.935, 0.95])
+    assert [p.density for p in points] == pytest.approx([(26_599 + 26_600) / 2 / 266_000, 0.2])
+
+
+def test_tradeoff_draws_one_line_per_series_through_the_means(tmp_path, monkeypatch):
+    lines = []
+    original = Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        lines.append((kwargs.get("label"), list(x), list(y)))
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    out = plot_tradeoff(_sweep(tmp_path), tmp_path / "pics" / "tradeoff.png",
+                        reference={"paper": {0.2: 0.96, 0.1: 0.9}}, title="sweep", width_px=800, height_px=400)
+    assert Image.open(out).size == (800, 400)
+    assert [label for label, _, _ in lines] == ["adaptive (3 runs)", "static (1 run)", "paper"]
+    assert lines[0][2] == pytest.approx([93.5, 95.0]) and lines[1][2] == pytest.approx([92.0])
+    assert lines[2][1:] == ([0.1, 0.2], [90.0, 96.0])  # published points sorted by density, in percent
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"series": {}}, ValueError, "at least one series"),
+        ({"series": {"a": "runs/a"}}, ValueError, "non-empty list of runs"),
+        ({"reference": {"paper": {0.1: 93.29}}}, ValueError, "fraction in \\[0, 1\\]"),
+        ({"reference": {"paper": {0.0: 0.9}}}, ValueError, "density must be in \\(0, 1\\]"),
+    ],
+)
+def test_tradeoff_bad_input(tmp_path, change, error, match):
+    kwargs = {"series": _sweep(tmp_path), "reference": None, **change}
+    with pytest.raises(error, match=match):
+        plot_tradeoff(kwargs.pop("series"), tmp_path / "t.png", **kwargs)
+
+
+def test_tradeoff_needs_finished_runs(tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    _write_jsonl(unfinished / "history.jsonl", [_common(0)])
+    with pytest.raises(PlotDataError, match="no results.json"):
+        tradeoff_points([unfinished])
+    (unfinished / "results.json").write_text(json.dumps([{"test_accuracy": 0.9, "params": 10}]))
+    with pytest.raises(PlotDataError, match="missing or bad: params_dense"):
+        tradeoff_points([unfinished])

@@ -12,11 +12,13 @@ from neuroplastic.plots.lp import plot_lp_hoyer, plot_lp_weights
 from neuroplastic.plots.masks import plot_mask_density
 from neuroplastic.plots.neurons import plot_neuron_map
 from neuroplastic.plots.rundata import PlotDataError, RunData, load_run
+from neuroplastic.plots.tradeoff import TradeoffPoint, plot_tradeoff, tradeoff_points
 
 __all__ = [
     "PLOT_NAMES",
     "PlotDataError",
     "RunData",
+    "TradeoffPoint",
     "available_plots",
     "load_run",
     "plot_architecture",
@@ -26,4 +28,6 @@ __all__ = [
     "plot_mask_density",
     "plot_neuron_map",
     "plot_run",
+    "plot_tradeoff",
+    "tradeoff_points",
 ]

@@ -1,40 +1,60 @@
 """Several runs side by side: validation accuracy and training loss per epoch on shared axes.
 
-Runs of the same recipe (the same ``name`` in ``recipe.yaml``, e.g. one recipe under several seeds) share
+Runs of the same recipe (the same ``recipe.yaml`` but for the seed: one recipe under several seeds) share
 a colour and one legend entry, which gives how many runs it has and, where the runs wrote
-``results.json``, the mean test accuracy of the model each selected and its live parameters.
+``results.json``, the mean test accuracy of the model each selected and its live parameters. Runs of one
+recipe name whose settings differ (overrides such as ``method.final_density=0.5``) are separate entries,
+named by the settings that set them apart.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
 
-from neuroplastic.plots.rundata import PlotDataError, RunData
+from neuroplastic.plots.rundata import RunData
 from neuroplastic.plots.style import WIDTH_PX, epoch_axis, new_figure, save_png
 
 __all__ = ["plot_compare"]
 
 
-def _results(run: RunData) -> list[dict]:
-    """The run's ``results.json`` objects (a list, one per run it holds; empty if the file is absent)."""
-    path = run.path / "results.json"
-    if not path.exists():
-        return []
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise PlotDataError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from err
-    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
-        raise PlotDataError(f"{path} must hold a list of result objects (docs/architecture.md, contract 3)")
-    return results
+def _settings(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The recipe as dotted keys (``method.final_density``), without the seed and the description."""
+    flat: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if not prefix and key in ("seed", "description"):
+            continue
+        if isinstance(value, dict):
+            flat.update(_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _group(runs: list[RunData]) -> dict[str, list[RunData]]:
+    """``{legend name: runs}``: runs whose recipes differ only in the seed together, named by the recipe and
+    the overrides they were started with; groups that would still share a name get the settings that set
+    them apart (runs whose recipe.yaml does not say how it was resolved)."""
+    by_settings: dict[str, list[RunData]] = {}
+    for run in runs:
+        key = json.dumps(_settings(run.recipe), sort_keys=True, default=str) if run.recipe else str(run.path)
+        by_settings.setdefault(key, []).append(run)
+    named = [(" ".join([members[0].name, *members[0].overrides]), members) for members in by_settings.values()]
+    groups: dict[str, list[RunData]] = {}
+    for name, members in named:
+        mine = _settings(members[0].recipe)
+        rivals = [_settings(other[0].recipe) for same, other in named if same == name and other is not members]
+        differing = sorted({k for rival in rivals for k in mine.keys() | rival.keys() if mine.get(k) != rival.get(k)})
+        groups[" ".join([name] + [f"{k}={mine.get(k)}" for k in differing])] = members
+    return groups
 
 
 def _legend(name: str, runs: list[RunData]) -> str:
-    results = [r for run in runs for r in _results(run)]
+    results = [r for run in runs for r in run.results()]
     tests = [r["test_accuracy"] for r in results if isinstance(r.get("test_accuracy"), int | float)]
     params = sorted({r["params"] for r in results if isinstance(r.get("params"), int)})
     parts = [f"{len(runs)} run{'s' if len(runs) > 1 else ''}"]
@@ -58,9 +78,7 @@ def plot_compare(
         raise ValueError(f"plot_compare needs at least 2 runs, got {len(runs)}")
     for run in runs:
         run.require_fields(["val_acc"], "compare")
-    groups: dict[str, list[RunData]] = {}
-    for run in runs:
-        groups.setdefault(run.name, []).append(run)
+    groups = _group(runs)
     colours = colormaps["tab10"]
     fig = new_figure(width_px, height_px)
     acc_ax, loss_ax = fig.subplots(1, 2)

@@ -30,6 +30,8 @@ import yaml
 __all__ = ["PlotDataError", "RunData", "Snapshot", "load_run", "read_jsonl"]
 
 _SNAPSHOT_NAME = re.compile(r"^epoch_(\d+)\.npz$")
+#: how ``neuroplastic run`` starts a run folder's recipe.yaml: the reference and overrides it resolved
+_SOURCE_LINE = "# resolved from: "
 
 
 class PlotDataError(ValueError):
@@ -94,6 +96,7 @@ class RunData:
     history: list[dict[str, Any]]
     events: list[dict[str, Any]] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # recipe.yaml's "# resolved from:" line: the recipe reference and the overrides given
 
     # -- what the run is -----------------------------------------------------------------------
     @property
@@ -111,6 +114,25 @@ class RunData:
         if isinstance(method, str):
             return method
         return None
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``key=value`` overrides the run was started with, the seed left out (``source``'s words after
+        the recipe reference)."""
+        return [word for word in self.source.split()[1:] if not word.startswith("seed=")]
+
+    def results(self) -> list[dict[str, Any]]:
+        """The run's ``results.json`` objects (a list, one per run it holds; empty if the file is absent)."""
+        path = self.path / "results.json"
+        if not path.exists():
+            return []
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise PlotDataError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from err
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise PlotDataError(f"{path} must hold a list of result objects (docs/architecture.md, contract 3)")
+        return results
 
     def has_field(self, name: str) -> bool:
         """Whether any history line records ``name``."""
@@ -246,13 +268,17 @@ def load_run(run_dir: str | Path) -> RunData:
     events_path = path / "events.jsonl"
     events = read_jsonl(events_path) if events_path.is_file() else []
     recipe: dict[str, Any] = {}
+    source = ""
     recipe_path = path / "recipe.yaml"
     if recipe_path.is_file():
+        text = recipe_path.read_text(encoding="utf-8")
+        if text.startswith(_SOURCE_LINE):
+            source = text.splitlines()[0][len(_SOURCE_LINE):].strip()
         try:
-            loaded = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise PlotDataError(f"{recipe_path}: not valid YAML ({err})") from err
         if loaded is not None and not isinstance(loaded, dict):
             raise PlotDataError(f"{recipe_path}: expected a mapping, got {type(loaded).__name__}")
         recipe = loaded or {}
-    return RunData(path=path, history=history, events=events, recipe=recipe)
+    return RunData(path=path, history=history, events=events, recipe=recipe, source=source)
