@@ -1,4 +1,4 @@
-"""The ``python`` blocks of docs/structure.md, dst.md and data-and-models.md run as written: each is
+"""The ``python`` blocks of docs/structure.md, dst.md, npn.md and data-and-models.md run as written: each is
 read from its page at test time and executed in a scope holding only the names the page says are the
 reader's (a model, a few real MNIST batches, a criterion, ``epochs``, ...), and each test checks what
 the block claims to do."""
@@ -22,6 +22,7 @@ from neuroplastic.metrics import count_parameters, count_weights
 from neuroplastic.models.lenet import LeNet5Caffe
 from neuroplastic.structure import trace_unit_groups
 from shared_data import CIFAR_SUBSET, SHARED, needs_data
+from test_readme import mnist_loop_scope
 from test_structure_compact import close_units
 
 
@@ -113,6 +114,28 @@ def test_dst_block_keeps_rigl_at_the_stated_density(capsys):
         assert any(re.fullmatch(key.replace("*", ".*"), k) for k in printed[-1]), key
     assert printed[-1]["exploration_rate"] > printed[-1]["density"]  # connections were regrown elsewhere
     assert printed[-1]["flops_sparse_inference"] < printed[-1]["flops_dense"]
+
+
+def test_npn_block_prunes_mnist_and_prints_the_documented_keys(capsys):
+    """docs/npn.md: on 4,000 real MNIST images (10 epochs) the loop closes hidden units of a 784-100-10
+    MLP, asks ``validation_loss`` once per epoch, and prints the architecture dict with the keys of the
+    comment, in order."""
+    code = python_blocks(DOCS / "npn.md")[0]
+    scope = mnist_loop_scope()
+    evaluate, calls = scope["evaluate"], []
+
+    def validation_loss(model: nn.Module) -> float:
+        calls.append(model)
+        return evaluate(model)
+
+    scope = run("npn.md", code, {**scope, "validation_loss": validation_loss})
+    printed = ast.literal_eval(capsys.readouterr().out.splitlines()[-1])
+    comment = re.search(r"print\(npn\.architecture\(\)\)\s*#(.*)", code).group(1)
+    assert list(printed) == re.findall(r'"(\w+)"', comment)
+    assert printed == scope["npn"].architecture()
+    assert printed["layers"] == ["fc1:out"] and printed["arch"][0] < 100
+    assert printed["params"] < printed["params_dense"] == 784 * 100 + 100 * 10
+    assert calls == [scope["model"]] * scope["epochs"]
 
 
 @needs_data
