@@ -1,7 +1,7 @@
-"""The ``python`` blocks of docs/structure.md, dst.md, npn.md and data-and-models.md run as written: each is
-read from its page at test time and executed in a scope holding only the names the page says are the
-reader's (a model, a few real MNIST batches, a criterion, ``epochs``, ...), and each test checks what
-the block claims to do."""
+"""The ``python`` blocks of docs/structure.md, dst.md, npn.md, data-and-models.md and architecture.md run
+as written: each is read from its page at test time and executed in a scope holding only the names the
+page says are the reader's (a model, a few real MNIST batches, a criterion, ``epochs``, ...), and each
+test checks what the block claims to do."""
 
 from __future__ import annotations
 
@@ -25,11 +25,19 @@ from shared_data import CIFAR_SUBSET, SHARED, needs_data
 from test_readme import mnist_loop_scope
 from test_structure_compact import close_units
 
+#: how many python blocks each page has; all of them are run below
+BLOCKS = {"structure.md": 1, "dst.md": 1, "npn.md": 1, "data-and-models.md": 3, "architecture.md": 1}
+
 
 def run(page: str, code: str, scope: dict[str, Any]) -> dict[str, Any]:
     """Execute ``code`` (a block of docs/``page``) in ``scope``; returns the scope."""
     exec(compile(code, str(DOCS / page), "exec"), scope)
     return scope
+
+
+def test_every_block_of_these_pages_is_run():
+    """A block added to one of these pages fails here until a test below runs it."""
+    assert {page: len(python_blocks(DOCS / page)) for page in BLOCKS} == BLOCKS
 
 
 def test_structure_block_compacts_reloads_and_grows_exactly(tmp_path, monkeypatch):
@@ -212,3 +220,32 @@ def test_models_block_builds_what_each_comment_says(monkeypatch):
         == [3, 3, 48, 3]
     assert resnet20.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert built == [user] and user[1].out_features == 10
+
+
+SNAPSHOT_KEYS = {"npn": ["pi/fc1:out"], "npn_physical": ["pi/fc1:out"], "rigl": ["density/fc1", "density/fc2"],
+                 "lpss": ["absw/fc1", "p/fc1"]}  # docs/architecture.md, "Snapshot keys"
+
+
+@pytest.mark.parametrize("name", S.METHODS)
+def test_architecture_loop_trains_exactly_as_fit(name, tmp_path):
+    """docs/architecture.md, contract 1: the documented loop, driving each method family on real MNIST,
+    ends with exactly the weights of ``train.fit`` on the same batches; its last epoch's events, metrics
+    and snapshot are fit's (the history line, the events) and have the documented snapshot keys."""
+    ref, history, events = S.plain_run(name, tmp_path)
+    s = S.build(name)
+    data = S.mnist()
+    scope = run("architecture.md", python_blocks(DOCS / "architecture.md")[0],
+                {"model": s.net, "method": s.method, "optimizers": s.optimizers, "schedules": s.schedules,
+                 "optimizer": s.optimizers[0], "schedule": s.schedules[0], "epochs": S.EPOCHS,
+                 "loader": S.loader(data.train_x, data.train_y), "val_loader": S.loader(data.val_x, data.val_y)})
+
+    S.assert_same_weights(s.net, ref.net, atol=0)
+    assert not torch.equal(s.net.fc2.bias, S.net().fc2.bias)  # it trained
+
+    def plain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return S.same_records([{k: v for k, v in e.items() if k not in ("epoch", "step")} for e in records])
+
+    assert plain(scope["events"]) == plain([e for e in events if e["epoch"] == S.EPOCHS - 1])
+    record = S.same_records(scope["record"])
+    assert record == S.same_records({k: history[-1][k] for k in record})
+    assert sorted(scope["arrays"]) == SNAPSHOT_KEYS[name]
