@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,13 @@ import torch
 from torch import nn
 
 import neuroplastic
+from doc_blocks import DOCS, python_blocks
 from neuroplastic.data import DatasetNotFoundError
 from neuroplastic.recipes.registry import method_class
 from neuroplastic.train import build_schedule, fit
 
 DATA = Path(os.environ.get("NEUROPLASTIC_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
+INTEGRATIONS = DOCS / "integrations.md"
 N_TRAIN, N_VAL, BATCH, EPOCHS = 256, 128, 32, 4
 STEPS = N_TRAIN // BATCH  # optimizer steps per epoch
 HIDDEN = 32
@@ -202,14 +202,9 @@ def run_doc_section(section: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     mnist()  # skips without the data
     monkeypatch.setenv("NEUROPLASTIC_DATA", str(DATA))
     monkeypatch.chdir(tmp_path)
-    text = DOCS.read_text(encoding="utf-8")
-    start = text.index(f"\n## {section}\n")
-    end = text.find("\n## ", start + 1)
-    blocks = re.findall(r"```python\n(.*?)```", text[start:end if end >= 0 else None], flags=re.S)
-    assert blocks, f"no python block under {section!r}"
     scope: dict[str, Any] = {"__name__": "docs"}
-    for block in blocks:
-        exec(compile(block, str(DOCS), "exec"), scope)
+    for block in python_blocks(INTEGRATIONS, section):
+        exec(compile(block, str(INTEGRATIONS), "exec"), scope)
     return scope
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from doc_blocks import DOCS, python_blocks
 from neuroplastic.methods.npn import NPN
 from neuroplastic.methods.npn_physical import PhysicalNPN
 from neuroplastic.models import get_model
@@ -191,12 +192,8 @@ def test_resume_across_a_shrink_is_exact(tmp_path, kill_in):
 
 def test_the_docs_snippet_runs_as_written():
     """docs/npn-physical.md's example builds the method and binds the optimizer; the loop it names shrinks."""
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "npn-physical.md").read_text(encoding="utf-8")
     scope: dict = {}
-    exec(compile(re.search(r"```python\n(.*?)```", text, flags=re.S).group(1), "npn-physical.md", "exec"), scope)
+    exec(compile(python_blocks(DOCS / "npn-physical.md")[0], "npn-physical.md", "exec"), scope)
     npn, model, optimizer = scope["npn"], scope["model"], scope["optimizer"]
     assert npn.optimizers == [optimizer] and npn.physical_widths() == [20, 50, 800, 500]
     with torch.no_grad():

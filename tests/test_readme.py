@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import re
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import neuroplastic
+from doc_blocks import README, python_blocks
 from neuroplastic.data import DatasetNotFoundError
 from shared_data import SHARED
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 DATA = SHARED
 
 
 def readme_snippet(section: str) -> str:
     """The first ``python`` code block under the README heading ``section``."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(f"## {section}")
-    match = re.search(r"```python\n(.*?)```", text[start:], flags=re.S)
-    assert match, f"no python block under {section!r}"
-    return match.group(1)
+    return python_blocks(README, section)[0]
 
 
-def _context(tmp_path: Path, n_train: int = 4000) -> dict:
-    """What the snippet expects to exist: a model, data, a criterion, ``evaluate`` and ``epochs``."""
+def mnist_loop_scope(n_train: int = 4000) -> dict:
+    """What an NPN loop snippet expects to exist: a 784-100-10 MLP, ``n_train`` real MNIST images as
+    ``train_set`` and its ``loader``, a criterion, ``evaluate(model)`` (the validation loss), ``epochs``
+    and an ``example_batch``."""
     try:
         splits = neuroplastic.load_dataset("mnist", data_dir=DATA, val_size=1000, seed=0, download=False)
     except DatasetNotFoundError as err:
@@ -60,7 +56,7 @@ def test_readme_npn_loop_prunes_mnist_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the snippet writes small.pt
     torch.set_num_threads(1)
     code = readme_snippet("In your own training loop")
-    scope = _context(tmp_path)
+    scope = mnist_loop_scope()
     t0 = time.perf_counter()
     exec(compile(code, "README.md", "exec"), scope)
     seconds = time.perf_counter() - t0
@@ -73,10 +69,10 @@ def test_readme_npn_loop_prunes_mnist_as_written(tmp_path, monkeypatch):
     assert seconds < 60, seconds  # ~10 s on a quiet 2-core machine
 
 
-def test_readme_physical_loop_trains_a_model_that_shrank(tmp_path):
+def test_readme_physical_loop_trains_a_model_that_shrank():
     torch.set_num_threads(1)
     code = readme_snippet("Train at the thinned size")
-    scope = {**_context(tmp_path), "neuroplastic": neuroplastic}  # imported by the section's first snippet
+    scope = {**mnist_loop_scope(), "neuroplastic": neuroplastic}  # imported by the section's first snippet
     exec(compile(code, "README.md", "exec"), scope)
     npn, model = scope["npn"], scope["model"]
     hidden = model.fc1.out_features
@@ -93,7 +89,7 @@ def test_readme_loop_with_one_lr_for_gates_prunes_nothing(tmp_path, monkeypatch)
     code = code.replace("gate_lr=1e-2", "gate_lr=1e-3")
     assert "gate_lr=1e-3" in code
     code = code.split("print(")[0]  # training only
-    scope = _context(tmp_path)
+    scope = mnist_loop_scope()
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["npn"].architecture()["arch"][0] == 100
 
