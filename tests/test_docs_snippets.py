@@ -1,7 +1,7 @@
-"""The ``python`` blocks of docs/structure.md, dst.md, npn.md, data-and-models.md and architecture.md run
-as written: each is read from its page at test time and executed in a scope holding only the names the
-page says are the reader's (a model, a few real MNIST batches, a criterion, ``epochs``, ...), and each
-test checks what the block claims to do."""
+"""The ``python`` blocks of docs/structure.md, dst.md, npn.md, data-and-models.md, architecture.md,
+lpss.md and plots.md run as written: each is read from its page at test time and executed in a scope
+holding only the names the page says are the reader's (a model, a few real MNIST batches, a criterion,
+``epochs``, ...), and each test checks what the block claims to do."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from test_readme import mnist_loop_scope
 from test_structure_compact import close_units
 
 #: how many python blocks each page has; all of them are run below
-BLOCKS = {"structure.md": 1, "dst.md": 1, "npn.md": 1, "data-and-models.md": 3, "architecture.md": 1}
+BLOCKS = {"structure.md": 1, "dst.md": 1, "npn.md": 1, "data-and-models.md": 3, "architecture.md": 1,
+          "lpss.md": 2, "plots.md": 1}
 
 
 def run(page: str, code: str, scope: dict[str, Any]) -> dict[str, Any]:
@@ -249,3 +250,75 @@ def test_architecture_loop_trains_exactly_as_fit(name, tmp_path):
     record = S.same_records(scope["record"])
     assert record == S.same_records({k: history[-1][k] for k in record})
     assert sorted(scope["arrays"]) == SNAPSHOT_KEYS[name]
+
+
+def test_lpss_block_trains_on_the_sphere_with_masks(capsys):
+    """docs/lpss.md "Use": the loop on real MNIST with the WRN of the recipes keeps every constrained unit on
+    its unit Lp sphere (p 1.2 for the first four block convolutions, 1.07 after), the weights the masks drop
+    at exactly zero, one topology update at 20% of the run that thins the masks, and prints the metrics
+    the comment names once per epoch."""
+    from neuroplastic.lp.geometry import lp_norm
+    from neuroplastic.models import get_model
+
+    code = python_blocks(DOCS / "lpss.md", "Use")[0]
+    data = S.mnist()
+    torch.manual_seed(0)
+    model = get_model("wrn_lpss", num_classes=10, in_channels=1)
+    epochs = 3
+    loader = S.loader(data.train_x.view(-1, 1, 28, 28), data.train_y)  # 8 steps an epoch: one update, at 4
+    scope = run("lpss.md", code, {"model": model, "loader": loader, "criterion": nn.CrossEntropyLoss(),
+                                  "epochs": epochs})
+    opt = scope["opt"]
+    printed = capsys.readouterr().out.splitlines()
+    assert ast.literal_eval(printed[0]) == opt.layer_p
+    assert list(opt.layer_p.values()) == [1.2] * 4 + [1.07] * 12
+    modules = dict(model.named_modules())
+    for name, p in opt.layer_p.items():
+        weight = modules[name].weight
+        rows = opt.dense_weight(weight).flatten(1)
+        assert torch.allclose(lp_norm(rows, p), torch.ones(len(rows)), atol=1e-4), name
+        mask = opt.mask_of(weight)
+        assert torch.equal(weight.detach(), (opt.dense_weight(weight) * mask).to(weight.dtype)), name
+    metrics = [ast.literal_eval(line) for line in printed[1:]]
+    assert len(metrics) == epochs
+    named = re.search(r"print\(lpss\.metrics\(\)\)\s*#\s*(.*)", code).group(1)  # density, hoyer, ...
+    for key in (k.strip() for k in named.split(",") if k.strip() != "..."):
+        assert key.split(" ")[0] in metrics[-1], key
+    assert metrics[0]["density"] < 0.8 - 0.001  # from LpSS's init_density 0.8, the update at step 4 dropped
+
+
+def test_lpss_tradeoff_block_draws_the_committed_runs(tmp_path, monkeypatch):
+    """docs/lpss.md's figure code runs as written from a folder laid out like the repository (the run folders
+    it names are the committed ones) and writes the figure where the page shows it."""
+    from PIL import Image
+
+    code = python_blocks(DOCS / "lpss.md", "Every sparsity, beside the reference README")[0]
+    named = set(re.findall(r'"((?:s|static|dense)[\w-]*-50-[\w-]+)"', code))
+    runs = tmp_path / "docs" / "runs"
+    runs.mkdir(parents=True)
+    for name in named:
+        (runs / f"lpss-fashion-{name}").symlink_to(DOCS / "runs" / f"lpss-fashion-{name}")
+    assert len(named) == 12
+    monkeypatch.chdir(tmp_path)
+    run("lpss.md", code, {})
+    assert Image.open(runs / "lpss-fashion-50-tradeoff" / "tradeoff.png").size == (960, 540)
+
+
+def test_plots_block_draws_each_picture(tmp_path, monkeypatch):
+    """docs/plots.md: the functions of its block draw from run folders (an NPN run and two finished runs,
+    made by test_plots' builders) the files the block names."""
+    from PIL import Image
+
+    from test_plots import _result_run, make_npn_run
+
+    code = python_blocks(DOCS / "plots.md")[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    make_npn_run(tmp_path / "runs").rename(tmp_path / "runs" / "npn-sparse")
+    _result_run(tmp_path / "runs", "a", "recipe-a", 0.9, 100, 0.0)
+    _result_run(tmp_path / "runs", "b", "recipe-b", 0.8, 50, 0.01)
+    scope = run("plots.md", code, {})
+    written, errors = scope["written"], scope["errors"]
+    assert errors == [] and {p.name for p in written} == {"architecture.png", "neuron_map.gif"}
+    for picture in re.findall(r'"([\w.]+\.(?:png|gif))"', code):
+        assert Image.open(tmp_path / picture).size[0] > 0, picture
