@@ -1,4 +1,5 @@
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -98,6 +99,32 @@ def test_resume_through_the_runner_matches_an_uninterrupted_run(tmp_path, fake_d
              for s in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
     assert strip == [{k: v for k, v in json.loads(s).items() if k != "seconds"}
                      for s in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+
+
+def test_results_say_what_the_run_ran_on(tmp_path, fake_data):
+    """results.json's environment names the software and the machine of the run (CPU here: no GPU fields)."""
+    import platform
+
+    import neuroplastic
+
+    recipe = _write(tmp_path, {"name": "dense"}, epochs=1)
+    execute(prepare(recipe, out=tmp_path / "run"), progress=False)
+    env = json.loads((tmp_path / "run" / "results.json").read_text())[0]["environment"]
+    assert env == {"python": platform.python_version(), "torch": torch.__version__,
+                   "neuroplastic": neuroplastic.__version__, "cpu": env["cpu"], "cpu_count": os.cpu_count(),
+                   "threads": torch.get_num_threads()}
+    assert env["cpu"]
+
+
+def test_environment_of_a_cuda_run_names_the_gpu_and_its_float_modes(monkeypatch):
+    from neuroplastic.environment import describe_environment
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Test GPU {torch.device(device).index}")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    env = describe_environment("cuda:1")
+    assert env["gpu"] == "Test GPU 1" and env["tf32_convolutions"] is False
+    assert env["tf32_matmul"] is torch.backends.cuda.matmul.allow_tf32 and env["cuda"] == torch.version.cuda
+    assert "gpu" not in describe_environment("cpu")
 
 
 def test_finished_run_is_never_overwritten(tmp_path, fake_data):

@@ -44,7 +44,7 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _results(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK | {"processes"}}
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK | {"processes", "environment"}}
             for r in json.loads((run / "results.json").read_text())]
 
 

@@ -19,6 +19,7 @@ import torch
 import yaml
 from torch import nn
 
+from neuroplastic.environment import describe_environment
 from neuroplastic.files import write_text_atomic
 from neuroplastic.methods.base import CapacityMethod
 from neuroplastic.metrics import count_flops, count_weights
@@ -266,8 +267,9 @@ def execute(prep: Prepared, *, progress: bool = True, callbacks: tuple = (), che
         "method": recipe["method"]["name"],
         "wall_seconds": res.wall_seconds,
         "session_seconds": time.perf_counter() - t0,
-        "device": str(next(prep.model.parameters()).device),
+        "device": str(device := next(prep.model.parameters()).device),
         "processes": world_size,
+        "environment": describe_environment(device),  # of the process that finished the run
     }
     result["final_metrics"] = to_jsonable(prep.method.metrics())  # per-layer density, exploration rate, ...
     if main:
