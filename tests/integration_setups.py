@@ -6,7 +6,6 @@ invariants, so that every framework is judged by the same checks as the plain lo
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from doc_blocks import DOCS, python_blocks
 from neuroplastic.data import DatasetNotFoundError
 from neuroplastic.recipes.registry import method_class
 from neuroplastic.train import build_schedule, fit
+from shared_data import SHARED
 
-DATA = Path(os.environ.get("NEUROPLASTIC_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 INTEGRATIONS = DOCS / "integrations.md"
 N_TRAIN, N_VAL, BATCH, EPOCHS = 256, 128, 32, 4
 STEPS = N_TRAIN // BATCH  # optimizer steps per epoch
@@ -56,7 +55,7 @@ def mnist() -> Mnist:
     """The first images of the real MNIST training set (skips the test when the data is missing)."""
     if "mnist" not in _CACHE:
         try:
-            splits = neuroplastic.load_dataset("mnist", data_dir=DATA, val_size=N_VAL, seed=0, download=False)
+            splits = neuroplastic.load_dataset("mnist", data_dir=SHARED, val_size=N_VAL, seed=0, download=False)
         except DatasetNotFoundError as err:
             pytest.skip(f"MNIST not available: {err}")
         _CACHE["mnist"] = Mnist(splits.train_x[:N_TRAIN].flatten(1), splits.train_y[:N_TRAIN],
@@ -200,7 +199,7 @@ def run_doc_section(section: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     """Run every ``python`` block under docs/integrations.md's ``## section``, in order, in one scope (in
     ``tmp_path``, with the real data as ``$NEUROPLASTIC_DATA``); returns the scope."""
     mnist()  # skips without the data
-    monkeypatch.setenv("NEUROPLASTIC_DATA", str(DATA))
+    monkeypatch.setenv("NEUROPLASTIC_DATA", str(SHARED))
     monkeypatch.chdir(tmp_path)
     scope: dict[str, Any] = {"__name__": "docs"}
     for block in python_blocks(INTEGRATIONS, section):
