@@ -304,21 +304,28 @@ def _result_run(root: Path, folder: str, recipe: str, test_accuracy: float, para
     return run
 
 
+def _spy_on_plot(monkeypatch) -> list[tuple[str | None, tuple]]:
+    """Record every ``Axes.plot`` call from now on as ``(label, positional args)``; the lines are still drawn."""
+    calls = []
+    original = Axes.plot
+
+    def spy(self, *args, **kwargs):
+        calls.append((kwargs.get("label"), args))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    return calls
+
+
 def test_compare_groups_runs_by_recipe_and_states_their_results(tmp_path, monkeypatch):
     runs = [
         _result_run(tmp_path, "a1", "lpss-a", 0.90, 100, 0.0),
         _result_run(tmp_path, "a2", "lpss-a", 0.92, 100, 0.01),
         _result_run(tmp_path, "s1", "static", 0.88, 101, -0.01),
     ]
-    labels = []
-    original = Axes.plot
-
-    def spy(self, *args, **kwargs):
-        labels.append(kwargs.get("label"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "plot", spy)
+    calls = _spy_on_plot(monkeypatch)
     out = plot_compare([load_run(r) for r in runs], tmp_path / "pics" / "compare.png", width_px=800, height_px=400)
+    labels = [label for label, _ in calls]
     assert Image.open(out).size == (800, 400)
     # one legend entry per recipe: run count, mean test accuracy, live params; the other lines unlabelled
     assert [label for label in labels if label] == [
@@ -341,15 +348,9 @@ def test_compare_keeps_runs_of_one_recipe_with_other_settings_apart(tmp_path, mo
     runs = [run("s1", 1, 0.1, "ad seed=1"), run("s2", 2, 0.1, "ad seed=2"),
             run("d2", 1, 0.2, "ad method.final_density=0.2 seed=1"), run("d5", 1, 0.5, None)]
     assert load_run(runs[2]).overrides == ["method.final_density=0.2"]
-    labels = []
-    original = Axes.plot
-
-    def spy(self, *args, **kwargs):
-        labels.append(kwargs.get("label"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "plot", spy)
+    calls = _spy_on_plot(monkeypatch)
     plot_compare([load_run(r) for r in runs], tmp_path / "compare.png")
+    labels = [label for label, _ in calls]
     assert [label.split(" (")[0] for label in labels if label] == [
         "ad method.final_density=0.1", "ad method.final_density=0.2", "ad method.final_density=0.5"]
     assert [label for label in labels if label][0].endswith("(2 runs, test 90.00% mean, 100 params)")
@@ -417,17 +418,11 @@ def test_tradeoff_points_average_the_runs_at_one_density(tmp_path):
 
 
 def test_tradeoff_draws_one_line_per_series_through_the_means(tmp_path, monkeypatch):
-    lines = []
-    original = Axes.plot
-
-    def spy(self, x, y, *args, **kwargs):
-        lines.append((kwargs.get("label"), list(x), list(y)))
-        return original(self, x, y, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "plot", spy)
+    calls = _spy_on_plot(monkeypatch)
     out = plot_tradeoff(_sweep(tmp_path), tmp_path / "pics" / "tradeoff.png",
                         reference={"paper": {0.2: 0.96, 0.1: 0.9}}, title="sweep", width_px=800, height_px=400)
     assert Image.open(out).size == (800, 400)
+    lines = [(label, list(args[0]), list(args[1])) for label, args in calls]
     assert [label for label, _, _ in lines] == ["adaptive (3 runs)", "static (1 run)", "paper"]
     assert lines[0][2] == pytest.approx([93.5, 95.0]) and lines[1][2] == pytest.approx([92.0])
     assert lines[2][1:] == ([0.1, 0.2], [90.0, 96.0])  # published points sorted by density, in percent
