@@ -1,4 +1,5 @@
-"""The README's NPN loop snippet, pasted as it is, prunes a small model on real MNIST data."""
+"""The README's python blocks, pasted as they are: the NPN loop prunes a small model on real MNIST data, the
+PhysicalNPN loop trains a model that shrank, and the mask-method block builds what it says."""
 
 from __future__ import annotations
 
@@ -92,6 +93,25 @@ def test_readme_loop_with_one_lr_for_gates_prunes_nothing(tmp_path, monkeypatch)
     scope = mnist_loop_scope()
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["npn"].architecture()["arch"][0] == 100
+
+
+def test_readme_mask_method_block_builds_what_it_says():
+    """The README's mask-method block (the third of "In your own training loop"), on the LpSS recipes' WRN:
+    RigL at density 0.05 on the SGD optimizer, then LpSS with LpCGD at p 1.3 / 1.15 and the adaptive
+    recipe's switches (the block shows the two as alternatives; both are built on the same model here)."""
+    from neuroplastic.lp import LpCGD
+
+    code = python_blocks(README, "In your own training loop")[2]
+    model = neuroplastic.get_model("wrn_lpss", num_classes=10, in_channels=1)
+    scope = {"model": model, "torch": torch, "neuroplastic": neuroplastic, "epochs": 5, "loader": range(10)}
+    exec(compile(code, "README.md", "exec"), scope)
+    rigl, lpss = scope["rigl"], scope["lpss"]
+    numel = rigl.engine.numel()
+    assert abs(rigl.engine.density() - 0.05) <= len(numel) / sum(numel.values())  # each layer rounds
+    assert isinstance(lpss.optimizer, LpCGD) and lpss.optimizer is scope["optimizer"]
+    assert list(lpss.optimizer.layer_p.values()) == [1.3] * 4 + [1.15] * 12
+    assert lpss.final_density == 0.1 and lpss.controller.mode == "exact"
+    assert lpss.adapt_threshold is True and lpss.target_ramp == 0.5
 
 
 @pytest.mark.parametrize("kwargs, match", [({"lr": 0}, "lr must be"), ({"gate_lr": -1.0}, "gate_lr must be")])
