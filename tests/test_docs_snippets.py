@@ -307,7 +307,7 @@ def test_lpss_tradeoff_block_draws_the_committed_runs(tmp_path, monkeypatch):
     runs.mkdir(parents=True)
     for name in named:
         (runs / f"lpss-fashion-{name}").symlink_to(DOCS / "runs" / f"lpss-fashion-{name}")
-    assert len(named) == 12
+    assert len(named) == 14
     monkeypatch.chdir(tmp_path)
     run("lpss.md", code, {})
     assert Image.open(runs / "lpss-fashion-50-tradeoff" / "tradeoff.png").size == (960, 540)
