@@ -435,6 +435,8 @@ def test_tradeoff_draws_one_line_per_series_through_the_means(tmp_path, monkeypa
         ({"series": {"a": "runs/a"}}, ValueError, "non-empty list of runs"),
         ({"reference": {"paper": {0.1: 93.29}}}, ValueError, "fraction in \\[0, 1\\]"),
         ({"reference": {"paper": {0.0: 0.9}}}, ValueError, "density must be in \\(0, 1\\]"),
+        ({"reference": {"paper": {0.1: "93.3%"}}}, ValueError, "must be numbers"),
+        ({"reference": {"paper": {}}}, ValueError, "has no points"),
     ],
 )
 def test_tradeoff_bad_input(tmp_path, change, error, match):

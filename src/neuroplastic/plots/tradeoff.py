@@ -77,6 +77,9 @@ def _check_reference(reference: Mapping[str, Mapping[float, float]]) -> None:
         if not points:
             raise ValueError(f"reference {label!r} has no points")
         for density, accuracy in points.items():
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (density, accuracy)):
+                raise ValueError(f"reference {label!r}: densities and accuracies must be numbers, got "
+                                 f"{density!r}: {accuracy!r}")
             if not 0 < density <= 1:
                 raise ValueError(f"reference {label!r}: density must be in (0, 1], got {density!r}")
             if not 0 <= accuracy <= 1:
